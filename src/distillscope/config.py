@@ -1,0 +1,192 @@
+"""Run configuration: YAML recipes validated into typed dataclasses.
+
+YAML is read with ``yaml.safe_load`` (configs never execute code). Unknown keys, wrong types and
+unknown model/method/dataset names each give one line naming the key and the valid choices.
+``--set a.b=c`` overrides are parsed as YAML scalars/lists and applied before validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import DistillscopeError
+
+
+@dataclass
+class DataConfig:
+    spec: str = "shapes"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    augment: bool = True
+    pad: int = 4
+    flip: bool = True
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet8"
+    checkpoint: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class RunConfig:
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    log_every: int = 50
+    threads: int | None = None
+
+
+@dataclass
+class Config:
+    """A whole training run: data, student, optional teacher, method, optimiser and runtime."""
+
+    name: str = "run"
+    seed: int = 0
+    epochs: int = 240
+    data: DataConfig = field(default_factory=DataConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig | None = None
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value, tp, where: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise DistillscopeError(f"config {where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise DistillscopeError(f"config {where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise DistillscopeError(f"config {where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DistillscopeError(f"config {where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(value, tp) and not (isinstance(value, bool) and tp is not bool)):
+        return value
+    raise DistillscopeError(f"config {where}: {value!r} should be {_type_name(tp)}")
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from a plain dict, checking keys and types recursively."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise DistillscopeError(f"config: unknown key '{prefix}{unknown[0]}'; valid keys: {', '.join(names)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to a nested dict in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DistillscopeError(f"--set '{item}': expected KEY=VALUE, e.g. --set optim.lr=0.1")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise DistillscopeError(f"--set '{item}': '{part}' is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(raw) if raw else None
+    return data
+
+
+def validate(config: Config) -> Config:
+    """Check names against the registries and the method's parameters."""
+    from .data import list_datasets, parse_spec
+    from .methods import create_method
+    from .models import list_models
+
+    for role, model in (("student", config.student), ("teacher", config.teacher)):
+        if model is not None and model.name not in list_models():
+            raise DistillscopeError(f"config {role}.name: unknown model '{model.name}'; valid: {', '.join(list_models())}")
+    kind = parse_spec(config.data.spec)[0]
+    if kind not in list_datasets():
+        raise DistillscopeError(f"config data.spec: unknown dataset '{kind}'; valid: {', '.join(list_datasets())}")
+    params = dict(config.method)
+    name = params.pop("name", None)
+    if not isinstance(name, str):
+        raise DistillscopeError("config method.name: missing; e.g. method: {name: kd, T: 4}")
+    method = create_method(name, **params)
+    if method.needs_teacher and (config.teacher is None or not config.teacher.checkpoint):
+        raise DistillscopeError(f"config: method '{name}' needs a teacher; set teacher.name and teacher.checkpoint (a run folder or .safetensors)")
+    for key in ("epochs",):
+        if getattr(config, key) < 1:
+            raise DistillscopeError(f"config {key}: must be at least 1")
+    if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
+        raise DistillscopeError("config data.batch_size / data.eval_batch_size: must be at least 1")
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), data_spec: str | None = None) -> Config:
+    """Read a YAML recipe (or the defaults), apply overrides and validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DistillscopeError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise DistillscopeError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise DistillscopeError(f"config file '{path}' must hold a mapping at the top level")
+    apply_overrides(data, list(overrides))
+    if data_spec:
+        data.setdefault("data", {})["spec"] = data_spec
+    return validate(from_dict(Config, data))

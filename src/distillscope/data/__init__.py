@@ -1,0 +1,10 @@
+"""Datasets, data specs and the batch loader."""
+from .augment import apply_augmentation, draw_augmentation, normalize
+from .base import ArrayDataset
+from .loader import Batch, Loader
+from .spec import DataBundle, list_datasets, load_data, parse_spec, split_rows
+
+__all__ = [
+    "ArrayDataset", "Batch", "DataBundle", "Loader", "apply_augmentation", "draw_augmentation",
+    "list_datasets", "load_data", "normalize", "parse_spec", "split_rows",
+]

@@ -1,0 +1,137 @@
+"""Built-in generated dataset: ten shape classes on textured backgrounds, with object masks.
+
+Each image is drawn with vectorised numpy on coordinate grids:
+
+* background: stripes (random angle, period, sharpness), a rotated checkerboard, smooth
+  value noise or a linear gradient, mixing two random colours;
+* object: one of ``SHAPES_CLASSES`` with random centre, size (about 30-70 % of the image
+  side), rotation, slight squash and a random colour kept apart from the background's
+  mean colour, shaded by a soft gradient;
+* sometimes a background-coloured bar occludes part of the object;
+* mild Gaussian pixel noise.
+
+Colours, textures, size and pose are drawn independently of the class, so only the
+silhouette identifies it. The mask is the visible object pixels. Everything derives from
+``(seed, train)``: same arguments give bit-identical tensors, and the train and test
+splits use disjoint derived seeds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import DistillscopeError
+from .base import ArrayDataset
+
+SHAPES_CLASSES = ["circle", "square", "triangle", "cross", "ring", "star", "diamond", "ellipse", "hexagon", "crescent"]
+
+
+def _polygon(u: np.ndarray, v: np.ndarray, sides: int, radius: float) -> np.ndarray:
+    """Regular polygon with the given circumradius, one vertex on the +u axis."""
+    sector = 2 * np.pi / sides
+    phi = np.mod(np.arctan2(v, u), sector) - sector / 2
+    return np.hypot(u, v) * np.cos(phi) <= radius * np.cos(np.pi / sides)
+
+
+def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    spike = np.abs(np.mod(np.arctan2(v, u) * 5 / (2 * np.pi), 1.0) * 2 - 1)  # 1 at the five tips
+    return np.hypot(u, v) <= 0.42 + 0.7 * spike
+
+
+# Silhouettes in object coordinates, all with an area of roughly 2 (a circle of radius 0.8).
+_SILHOUETTES = [
+    lambda u, v: u * u + v * v <= 0.64,
+    lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.71,
+    lambda u, v: _polygon(u, v, 3, 1.24),
+    lambda u, v: (np.minimum(np.abs(u), np.abs(v)) <= 0.28) & (np.maximum(np.abs(u), np.abs(v)) <= 1.03),
+    lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.36),
+    _star,
+    lambda u, v: np.abs(u) / 0.72 + np.abs(v) / 1.3 <= 1.0,
+    lambda u, v: (u / 0.55) ** 2 + (v / 1.16) ** 2 <= 1.0,
+    lambda u, v: _polygon(u, v, 6, 0.88),
+    lambda u, v: (u * u + v * v <= 1.0) & ((u - 0.55) ** 2 + v * v >= 0.64),
+]
+
+
+def _per_sample(x: np.ndarray) -> np.ndarray:
+    """Reshape a per-sample vector so it broadcasts over (n, size, size)."""
+    return x[:, None, None]
+
+
+def _background_field(rng: np.random.Generator, n: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """A texture value in [0, 1] per pixel, (n, size, size)."""
+    size = xs.shape[-1]
+    kind = rng.integers(0, 4, n)
+    angle = _per_sample(rng.uniform(0, np.pi, n))
+    along = xs * np.cos(angle) + ys * np.sin(angle)
+    across = -xs * np.sin(angle) + ys * np.cos(angle)
+    period = _per_sample(rng.uniform(3, 10, n))
+    phase = _per_sample(rng.uniform(0, 2 * np.pi, n))
+    sharp = _per_sample(rng.uniform(0.5, 3, n))
+    stripes = np.clip(0.5 + sharp * np.sin(2 * np.pi * along / period + phase), 0, 1)
+    checker = (np.floor(along / (period * 0.7) + phase) + np.floor(across / (period * 0.7))) % 2
+    # Smooth value noise: a 6x6 random grid bilinearly upsampled with a fixed matrix.
+    pos = (np.arange(size) + 0.5) / size * 5
+    lo = np.minimum(pos.astype(int), 4)
+    up = np.zeros((size, 6))
+    up[np.arange(size), lo] = 1 - (pos - lo)
+    up[np.arange(size), lo + 1] = pos - lo
+    noise = np.einsum("yi,nij,xj->nyx", up, rng.random((n, 6, 6)), up)
+    low, high = noise.min(axis=(1, 2), keepdims=True), noise.max(axis=(1, 2), keepdims=True)
+    noise = (noise - low) / (high - low + 1e-6)
+    gradient = (along - along.min(axis=(1, 2), keepdims=True)) / size / 1.5
+    kind = _per_sample(kind)
+    return np.select([kind == 0, kind == 1, kind == 2], [stripes, checker, noise], gradient).astype(np.float32)
+
+
+def _object_colours(rng: np.random.Generator, reference: np.ndarray) -> np.ndarray:
+    """Random RGB colours at least 0.4 (Euclidean, 0..1 scale) away from ``reference``."""
+    colours = rng.random(reference.shape)
+    while True:
+        close = np.linalg.norm(colours - reference, axis=1) < 0.4
+        if not close.any():
+            return colours
+        colours[close] = rng.random((int(close.sum()), 3))
+
+
+def make_shapes(n: int, seed: int, size: int = 32, train: bool = True) -> ArrayDataset:
+    """Generate ``n`` shape images (size×size) with balanced classes and object masks."""
+    if n < 1 or size < 8 or seed < 0:
+        raise DistillscopeError(f"make_shapes needs n >= 1, size >= 8 and seed >= 0, got n={n}, size={size}, seed={seed}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0 if train else 1]))
+    labels = rng.permutation(np.arange(n) % len(SHAPES_CLASSES))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+
+    field = _background_field(rng, n, xs, ys)
+    bg_a, bg_b = rng.random((n, 3)), rng.random((n, 3))
+    image = bg_a[:, :, None, None] + (bg_b - bg_a)[:, :, None, None] * field[:, None]
+
+    radius = rng.uniform(0.15, 0.35, n) * size
+    cx, cy = (rng.uniform(0.8 * radius, size - 0.8 * radius) for _ in range(2))
+    turn = rng.uniform(0, 2 * np.pi, n)
+    squash = rng.uniform(0.85, 1.0, n)
+    dx, dy = xs - _per_sample(cx), ys - _per_sample(cy)
+    cos, sin, r = _per_sample(np.cos(turn)), _per_sample(np.sin(turn)), _per_sample(radius)
+    u = (dx * cos + dy * sin) / (r * _per_sample(squash))
+    v = (dy * cos - dx * sin) / r
+    mask = np.zeros((n, size, size), dtype=bool)
+    for label, inside in enumerate(_SILHOUETTES):
+        rows = labels == label
+        mask[rows] = inside(u[rows], v[rows])
+
+    # Occluding bar through a point near the object centre, in the background's look.
+    bar_angle = _per_sample(rng.uniform(0, np.pi, n))
+    offset = _per_sample(rng.uniform(-0.5, 0.5, n)) * r
+    half_width = _per_sample(rng.uniform(0.08, 0.2, n)) * r + 0.5
+    bar = np.abs(dx * np.cos(bar_angle) + dy * np.sin(bar_angle) - offset) <= half_width
+    occluded = mask & ~bar
+    keep = (rng.random(n) < 0.35) & (occluded.sum(axis=(1, 2)) >= 0.5 * mask.sum(axis=(1, 2)))
+    mask[keep] = occluded[keep]
+
+    colour = _object_colours(rng, (bg_a + bg_b) / 2)
+    shade = 0.8 + 0.2 * np.clip(u * _per_sample(rng.uniform(-1, 1, n)) + v * _per_sample(rng.uniform(-1, 1, n)), -1, 1)
+    obj = colour[:, :, None, None] * shade[:, None]
+    image = np.where(mask[:, None], obj, image)
+    image += rng.normal(0, 1, image.shape) * rng.uniform(0.01, 0.06, (n, 1, 1, 1))
+    pixels = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return ArrayDataset(torch.from_numpy(pixels), torch.from_numpy(labels), list(SHAPES_CLASSES), torch.from_numpy(mask))

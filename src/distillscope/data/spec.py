@@ -1,0 +1,159 @@
+"""Data specs: one string names a dataset everywhere (config, CLI, Python).
+
+``cifar10:DIR``, ``cifar100:DIR``, ``folder:DIR`` (``DIR/train`` and ``DIR/test`` class folders) and
+``shapes`` (the built-in generated set). Options follow ``?``: ``shapes?n=2000&seed=0&size=32``,
+``folder:DIR?size=64``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qsl
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ..errors import DistillscopeError
+from ..registry import Registry
+from .base import ArrayDataset
+
+
+@dataclass
+class DataBundle:
+    """Train/validation/test sets of one dataset plus what models need to know about it."""
+
+    spec: str
+    train: ArrayDataset | Dataset
+    val: ArrayDataset | Dataset | None
+    test: ArrayDataset | Dataset
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+DATASETS: Registry[Callable[..., tuple]] = Registry("dataset")
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``'kind:path?k=v&k2=v2'`` -> ``(kind, path, {k: v})``."""
+    head, _, query = spec.partition("?")
+    kind, _, path = head.partition(":")
+    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+    return kind, path, options
+
+
+def _int_option(options: dict[str, str], key: str, default: int, spec: str) -> int:
+    value = options.pop(key, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise DistillscopeError(f"data spec '{spec}': option {key}={value!r} must be an integer") from None
+
+
+def _need_path(kind: str, path: str, spec: str) -> Path:
+    if not path:
+        raise DistillscopeError(f"data spec '{spec}': give a directory, e.g. '{kind}:/data/{kind}'")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DistillscopeError(f"data spec '{spec}': directory '{root}' does not exist")
+    return root
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(255).transpose(0, 1).flatten(1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+@DATASETS.register("cifar10")
+def _cifar10(path: str, options: dict, spec: str):
+    from .cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar
+
+    root = _need_path("cifar10", path, spec)
+    train, test = load_cifar(root, train=True), load_cifar(root, train=False)
+    if train.num_classes != 10:
+        raise DistillscopeError(f"data spec '{spec}': '{root}' holds {train.num_classes} classes; use cifar100:{path}")
+    return train, test, CIFAR10_MEAN, CIFAR10_STD
+
+
+@DATASETS.register("cifar100")
+def _cifar100(path: str, options: dict, spec: str):
+    from .cifar import CIFAR100_MEAN, CIFAR100_STD, load_cifar
+
+    root = _need_path("cifar100", path, spec)
+    train, test = load_cifar(root, train=True), load_cifar(root, train=False)
+    if train.num_classes != 100:
+        raise DistillscopeError(f"data spec '{spec}': '{root}' holds {train.num_classes} classes; use cifar10:{path}")
+    return train, test, CIFAR100_MEAN, CIFAR100_STD
+
+
+@DATASETS.register("shapes")
+def _shapes(path: str, options: dict, spec: str):
+    from .shapes import make_shapes
+
+    n = _int_option(options, "n", 2000, spec)
+    seed = _int_option(options, "seed", 0, spec)
+    size = _int_option(options, "size", 32, spec)
+    n_test = _int_option(options, "n_test", max(n // 4, 10), spec)
+    train = make_shapes(n, seed=seed, size=size, train=True)
+    test = make_shapes(n_test, seed=seed, size=size, train=False)
+    return (train, test, *_channel_stats(train.images))
+
+
+@DATASETS.register("folder")
+def _folder(path: str, options: dict, spec: str):
+    from .folder import FolderDataset
+
+    root = _need_path("folder", path, spec)
+    size = _int_option(options, "size", 32, spec)
+    splits = [root / name for name in ("train", "test")]
+    missing = [str(p) for p in splits if not p.is_dir()]
+    if missing:
+        raise DistillscopeError(f"data spec '{spec}': expected class folders under {' and '.join(missing)}")
+    train, test = (FolderDataset(p, size=size) for p in splits)
+    if train.classes != test.classes:
+        raise DistillscopeError(f"data spec '{spec}': train and test class folders differ")
+    sample = torch.stack([train[i][0] for i in range(0, len(train), max(1, len(train) // 512))])
+    return (train, test, *_channel_stats(sample))
+
+
+def split_rows(targets: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified split of row numbers into (train_rows, val_rows), reproducible from ``seed``."""
+    if not 0 <= val_fraction < 1:
+        raise DistillscopeError(f"val_fraction={val_fraction} must be in [0, 1)")
+    gen = torch.Generator().manual_seed(seed)
+    train_rows, val_rows = [], []
+    for c in targets.unique():
+        rows = (targets == c).nonzero().flatten()
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+        k = round(len(rows) * val_fraction)
+        val_rows.append(rows[:k])
+        train_rows.append(rows[k:])
+    return torch.cat(train_rows).sort().values, torch.cat(val_rows).sort().values
+
+
+def _take(dataset: ArrayDataset | Dataset, rows: torch.Tensor):
+    return dataset.subset(rows) if isinstance(dataset, ArrayDataset) else Subset(dataset, rows.tolist())
+
+
+def load_data(spec: str, val_fraction: float = 0.0, split_seed: int = 0) -> DataBundle:
+    """Load a dataset from its spec and carve a validation split from its training set."""
+    kind, path, options = parse_spec(spec)
+    if kind not in DATASETS:
+        raise DistillscopeError(f"data spec '{spec}': unknown dataset '{kind}'; valid: {', '.join(list_datasets())}")
+    train, test, mean, std = DATASETS.get(kind)(path, options, spec)
+    if options:
+        raise DistillscopeError(f"data spec '{spec}': unknown option(s) {', '.join(options)} for '{kind}'")
+    val = None
+    if val_fraction > 0:
+        train_rows, val_rows = split_rows(torch.as_tensor(train.targets), val_fraction, split_seed)
+        train, val = _take(train, train_rows), _take(train, val_rows)
+    return DataBundle(spec, train, val, test, list(test.classes), mean, std)

@@ -1,0 +1,352 @@
+"""The Trainer: one student, an optional frozen teacher, one method, exact checkpoints.
+
+Every epoch it trains (progress bar), evaluates on validation and test, logs, and atomically writes
+``last.safetensors`` (everything needed to resume) and, when validation top-1 improves,
+``best.safetensors`` (the student alone). Selection uses the validation split only, never test.
+SIGINT/SIGTERM finish the current step, checkpoint mid-epoch and stop; ``resume=True`` continues
+exactly where the run stopped: data order, augmentation and RNG state are replayed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..config import Config, from_dict
+from ..data import Loader, load_data
+from ..errors import DistillscopeError
+from ..methods import Outputs, create_method
+from ..models import FeatureTaps, create_model
+from .checkpoint import load_checkpoint, load_model, prefixed, save_checkpoint, unprefixed
+from .evaluate import classification_metrics, collect_logits, topk_correct
+from .logging import RunLogger
+from .schedule import lr_at
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RUN_ONLY_KEYS = {"progress", "log_every", "device", "threads"}
+
+
+class TrainingInterrupted(DistillscopeError):
+    """Raised after a signal: the run was checkpointed and can be resumed."""
+
+
+class NonFiniteLoss(DistillscopeError):
+    """Raised when a loss term becomes NaN/inf; the last good checkpoint is kept."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DistillscopeError(f"run.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistillscopeError("run.device asks for cuda but this torch sees no GPU; use run.device=cpu")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``run.precision``; ``auto`` picks bf16 where the hardware runs it natively."""
+    if precision != "auto":
+        return AMP_DTYPES[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def _training_config(cfg: dict) -> dict:
+    return {**cfg, "run": {k: v for k, v in cfg["run"].items() if k not in RUN_ONLY_KEYS}}
+
+
+class Trainer:
+    """Train ``config.student`` with ``config.method`` into the run folder ``out_dir``."""
+
+    def __init__(self, config: Config, out_dir: str | Path, resume: bool = False):
+        self.cfg, self.out = config, Path(out_dir)
+        self._check_run_folder(resume)
+        seed_everything(config.seed, config.run.deterministic)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        self.device = pick_device(config.run.device)
+        self.amp_dtype = resolve_precision(config.run.precision, self.device)
+        self.memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
+
+        d = config.data
+        self.data = load_data(d.spec, d.val_fraction, d.split_seed)
+        loader_args = dict(mean=self.data.mean, std=self.data.std, device=self.device, channels_last=config.run.channels_last, num_workers=d.num_workers)
+        self.train_loader = Loader(self.data.train, d.batch_size, train=True, seed=config.seed, pad=d.pad, flip=d.flip, augment=d.augment, drop_last=len(self.data.train) > d.batch_size, **loader_args)
+        self.eval_loaders = {split: Loader(ds, d.eval_batch_size, **loader_args) for split, ds in (("val", self.data.val), ("test", self.data.test)) if ds is not None}
+
+        self.student = self._build_student()
+        self.teacher = self._load_teacher()
+        params = {k: v for k, v in config.method.items() if k != "name"}
+        self.method = create_method(config.method["name"], **params)
+        student_taps, teacher_taps = self.method.taps(self.student, self.teacher)
+        self.student_taps = FeatureTaps(self.student, student_taps)
+        self.teacher_taps = FeatureTaps(self.teacher, teacher_taps) if self.teacher is not None else None
+        self._build_method()
+
+        trainable = list(self.student.parameters()) + list(self.method.parameters())
+        o = config.optim
+        self.optimizer = torch.optim.SGD(trainable, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.precision == "fp16")
+        self.trainable = trainable
+        self.logger = RunLogger(self.out)
+
+        self.epoch = self.step = self.step_in_epoch = 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.sums: dict[str, float] = {}
+        self.train_seconds = 0.0
+        self._stop = threading.Event()
+        if resume:
+            self._restore()
+
+    # ----------------------------------------------------------------- setup
+    def _check_run_folder(self, resume: bool) -> None:
+        saved = self.out / "last.safetensors"
+        if resume and not saved.is_file():
+            raise DistillscopeError(f"cannot resume: '{saved}' does not exist; start the run without --resume")
+        if not resume and (saved.exists() or (self.out / "config.yaml").exists()):
+            raise DistillscopeError(f"run folder '{self.out}' already holds a run; pass --resume to continue it or choose another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def _build_student(self) -> torch.nn.Module:
+        s = self.cfg.student
+        if s.checkpoint:
+            model, state = load_model(s.checkpoint, self.device)
+            if state["model"] != s.name:
+                raise DistillscopeError(f"student.checkpoint holds a '{state['model']}', not a '{s.name}'")
+        else:
+            model = create_model(s.name, num_classes=self.data.num_classes)
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def _load_teacher(self) -> torch.nn.Module | None:
+        t = self.cfg.teacher
+        if t is None or not t.checkpoint:
+            return None
+        model, state = load_model(t.checkpoint, self.device)
+        if state["model"] != t.name:
+            raise DistillscopeError(f"teacher.checkpoint holds a '{state['model']}', not a '{t.name}'; fix teacher.name")
+        if state["num_classes"] != self.data.num_classes:
+            raise DistillscopeError(f"teacher has {state['num_classes']} classes but data '{self.cfg.data.spec}' has {self.data.num_classes}")
+        model.eval().requires_grad_(False)
+        return model.to(memory_format=self.memory_format)
+
+    def _build_method(self) -> None:
+        """Show the method its features' shapes once so it can create adapters."""
+        batch = next(Loader(self.data.train, 2, self.data.mean, self.data.std, device=self.device).epoch(0))
+        with torch.no_grad():
+            self.student.eval()
+            student_shapes = {k: v.shape for k, v in self.student_taps(batch.images)[1].items()}
+            self.student.train()
+            teacher_shapes = {k: v.shape for k, v in self.teacher_taps(batch.images)[1].items()} if self.teacher_taps else {}
+        self.method.build(student_shapes, teacher_shapes)
+        self.method.to(self.device)
+
+    # ----------------------------------------------------------------- training
+    def _teacher_outputs(self, batch) -> Outputs | None:
+        if self.teacher_taps is None:
+            return None
+        with torch.no_grad():
+            logits, features = self.teacher_taps(batch.images)
+        return Outputs(logits, features)
+
+    def _train_step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits, features = self.student_taps(batch.images)
+            losses = self.method(Outputs(logits, features), self._teacher_outputs(batch), batch, epoch)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.optim.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logits.detach(), losses
+
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over the training set (or the rest of it, after a mid-epoch resume)."""
+        self.student.train()
+        self.method.train()
+        if self.step_in_epoch == 0:
+            self.method.on_epoch_start(epoch)
+            self.sums = {}
+        loader, steps = self.train_loader, len(self.train_loader)
+        sums = {k: torch.tensor(v, device=self.device, dtype=torch.float64) for k, v in self.sums.items()}
+        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not self.cfg.run.progress, leave=False)
+        started = time.perf_counter()
+        for batch in loader.epoch(epoch, self.step_in_epoch):
+            lr = lr_at(self.cfg.optim, self.step, steps, self.cfg.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits, losses = self._train_step(batch, epoch)
+            n = len(batch)
+            for key, value in (("count", n), ("correct1", topk_correct(logits, batch.targets, 1)), ("correct5", topk_correct(logits, batch.targets, 5)), *((f"loss/{k}", v.detach() * n) for k, v in losses.items())):
+                sums[key] = sums.get(key, torch.zeros((), device=self.device, dtype=torch.float64)) + value
+            self.step += 1
+            self.step_in_epoch += 1
+            bar.update()
+            if self.step_in_epoch % self.cfg.run.log_every == 0 or self.step_in_epoch == steps or self._stop.is_set():
+                self.sums = {k: v.item() for k, v in sums.items()}
+                self._check_finite(epoch)
+                bar.set_postfix(loss=f"{sum(v for k, v in self.sums.items() if k.startswith('loss/')) / self.sums['count']:.3f}", lr=f"{lr:.3g}")
+            if self._stop.is_set():
+                self.train_seconds += time.perf_counter() - started
+                bar.close()
+                self._save_last()
+                raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {self.step_in_epoch}; checkpoint saved in '{self.out}'; continue with --resume")
+        bar.close()
+        self.train_seconds += time.perf_counter() - started
+        self.method.on_epoch_end(epoch)
+
+    def _check_finite(self, epoch: int) -> None:
+        bad = [k[5:] for k, v in self.sums.items() if k.startswith("loss/") and not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLoss(f"loss term(s) {', '.join(bad)} became non-finite in epoch {epoch + 1}; last good checkpoint kept in '{self.out}'; lower optim.lr or set optim.clip_grad_norm")
+
+    def _epoch_row(self, epoch: int) -> dict:
+        s = self.sums
+        row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({f"train/{k[5:]}": v / s["count"] for k, v in s.items() if k.startswith("loss/")})
+        row["train/loss"] = sum(v for k, v in s.items() if k.startswith("loss/")) / s["count"]
+        row["train/top1"], row["train/top5"] = 100 * s["correct1"] / s["count"], 100 * s["correct5"] / s["count"]
+        for split, loader in self.eval_loaders.items():
+            logits, targets, _ = collect_logits(self.student, loader, self.amp_dtype)
+            metrics = classification_metrics(logits, targets)
+            row.update({f"{split}/{k}": v for k, v in metrics.items() if k != "count"})
+        row["img_per_s"] = s["count"] / max(self.train_seconds, 1e-9)
+        return row
+
+    def fit(self) -> dict:
+        """Train to ``config.epochs`` (or from where a resumed run stopped); returns the summary."""
+        with self._signals_checkpoint():
+            while self.epoch < self.cfg.epochs:
+                self.train_epoch(self.epoch)
+                row = self._epoch_row(self.epoch)
+                self.history.append(row)
+                improved = "val/top1" in row and (self.best is None or row["val/top1"] > self.best["val/top1"])
+                if improved:
+                    self.best = row
+                    self._save_model(self.out / "best.safetensors", row)
+                self.epoch, self.step_in_epoch, self.train_seconds = self.epoch + 1, 0, 0.0
+                self._save_last()
+                self.logger.write(self.history)
+                tqdm.write(self._format_row(row, improved))
+                if self._stop.is_set():
+                    raise TrainingInterrupted(f"interrupted after epoch {self.epoch}; checkpoint saved in '{self.out}'; continue with --resume")
+        self.logger.close()
+        return self.write_summary()
+
+    def _format_row(self, row: dict, improved: bool) -> str:
+        parts = [f"epoch {row['epoch']:>3}/{self.cfg.epochs}", f"loss {row['train/loss']:.3f}", f"train {row['train/top1']:.1f}%"]
+        parts += [f"{split} {row[f'{split}/top1']:.2f}%" for split in self.eval_loaders]
+        parts += [f"{row['img_per_s']:.0f} img/s", "*" if improved else ""]
+        return "  ".join(parts).rstrip()
+
+    def write_summary(self) -> dict:
+        last = self.history[-1] if self.history else None
+        summary = {"name": self.cfg.name, "student": self.cfg.student.name, "method": self.cfg.method["name"], "epochs": self.epoch, "seed": self.cfg.seed, "best": self.best, "last": last, "best_selected_on": "val/top1" if self.best else None}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    @contextmanager
+    def _signals_checkpoint(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum, frame):
+            if self._stop.is_set():  # a second signal stops at once
+                signal.default_int_handler(signum, frame)
+            self._stop.set()
+
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _model_meta(self) -> dict:
+        return {"model": self.cfg.student.name, "num_classes": self.data.num_classes, "classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std), "data": self.cfg.data.spec}
+
+    def _save_model(self, path: Path, row: dict) -> None:
+        save_checkpoint(path, prefixed("model", self.student.state_dict()), {**self._model_meta(), "metrics": row, "config": self.cfg.to_dict()})
+
+    def _save_last(self) -> None:
+        optim_state = self.optimizer.state_dict()
+        tensors = {**prefixed("model", self.student.state_dict()), **prefixed("method", self.method.state_dict()), "rng.torch": torch.get_rng_state()}
+        scalars = {}
+        for idx, state in optim_state["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{idx}.{key}"] = value
+                else:
+                    scalars[f"{idx}.{key}"] = value
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            **self._model_meta(), "config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+            "sums": self.sums, "train_seconds": self.train_seconds, "history": self.history, "best": self.best,
+            "optim_groups": [{k: v for k, v in g.items() if k != "params"} for g in optim_state["param_groups"]],
+            "optim_scalars": scalars, "scaler": self.scaler.state_dict(),
+        }
+        save_checkpoint(self.out / "last.safetensors", tensors, state)
+
+    def _restore(self) -> None:
+        tensors, state = load_checkpoint(self.out / "last.safetensors", self.device)
+        saved = from_dict(Config, state["config"]).to_dict()
+        if _training_config(saved) != _training_config(self.cfg.to_dict()):
+            diff = [k for k in saved if saved[k] != self.cfg.to_dict()[k]]
+            raise DistillscopeError(f"cannot resume '{self.out}': config differs from the saved run in {', '.join(diff)}; resume with the saved config.yaml")
+        self.student.load_state_dict(unprefixed("model", tensors))
+        self.method.load_state_dict(unprefixed("method", tensors))
+        optim_state = self.optimizer.state_dict()
+        for idx, group in enumerate(state["optim_groups"]):
+            optim_state["param_groups"][idx].update(group)
+        per_param: dict[int, dict] = {}
+        for key, value in unprefixed("optim", tensors).items():
+            idx, name = key.split(".", 1)
+            per_param.setdefault(int(idx), {})[name] = value
+        for key, value in state["optim_scalars"].items():
+            idx, name = key.split(".", 1)
+            per_param.setdefault(int(idx), {})[name] = value
+        optim_state["state"] = per_param
+        self.optimizer.load_state_dict(optim_state)
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), self.device)
+        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.sums, self.train_seconds, self.history, self.best = state["sums"], state["train_seconds"], state["history"], state["best"]

@@ -1,0 +1,41 @@
+"""FitNet (Romero et al., 2015): regress a student feature onto a teacher hint through a 1×1 conv."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DistillMethod
+from .registry import register_method
+
+
+def conv_regressor(in_shape, out_shape) -> nn.Module:
+    """1×1 conv + BN mapping student channels to teacher channels, resizing to the teacher's grid."""
+    layers = [nn.Conv2d(in_shape[1], out_shape[1], 1, bias=False), nn.BatchNorm2d(out_shape[1])]
+    if tuple(in_shape[2:]) != tuple(out_shape[2:]):
+        layers.insert(0, nn.Upsample(size=tuple(out_shape[2:]), mode="bilinear", align_corners=False))
+    return nn.Sequential(*layers)
+
+
+@register_method("fitnet")
+class FitNet(DistillMethod):
+    def __init__(
+        self,
+        student_tap: str = "stage:mid",
+        teacher_tap: str = "stage:mid",
+        hint_weight: float = 100.0,
+        ce_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
+        self.student_tap, self.teacher_tap, self.hint_weight = student_tap, teacher_tap, hint_weight
+        self.regressor: nn.Module | None = None
+
+    def taps(self, student, teacher):
+        return {"hint": self.student_tap}, {"hint": self.teacher_tap}
+
+    def build(self, student_shapes, teacher_shapes):
+        self.regressor = conv_regressor(student_shapes["hint"], teacher_shapes["hint"])
+
+    def distill_losses(self, student, teacher, batch, epoch):
+        guided = self.regressor(student.features["hint"])
+        return {"hint": self.hint_weight * F.mse_loss(guided.float(), teacher.features["hint"].float())}

@@ -1,0 +1,48 @@
+"""Method registry with parameter validation from each method's constructor signature."""
+from __future__ import annotations
+
+import inspect
+
+from ..errors import DistillscopeError
+from ..registry import Registry
+from .base import DistillMethod
+
+METHODS: Registry[DistillMethod] = Registry("method")
+register_method = METHODS.register
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()
+
+
+def method_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """A method's keyword parameters (its own and the base class's), by name."""
+    params = {}
+    for cls in reversed(METHODS.get(name).__mro__):
+        if issubclass(cls, DistillMethod):
+            params.update((p.name, p) for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self")
+    return params
+
+
+_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def _check_type(method: str, key: str, value, annotation) -> None:
+    names = [name.strip() for name in str(annotation).split("|")]
+    if not all(name in _TYPES for name in names):
+        return
+    allowed = tuple(t for name in names for t in _TYPES[name])
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise DistillscopeError(f"method {method}: parameter {key}={value!r} should be {annotation}")
+
+
+def create_method(name: str, **params) -> DistillMethod:
+    """Build a registered method; unknown or mistyped parameters give one clear line."""
+    valid = method_parameters(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise DistillscopeError(f"method {name}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    for key, value in params.items():
+        _check_type(name, key, value, valid[key].annotation)
+    return METHODS.get(name)(**params)
+

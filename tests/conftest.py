@@ -1,0 +1,21 @@
+"""Shared fixtures. Tests use only data the project makes (shapes) or ../shared/datasets."""
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_5K = REPO.parent / "shared" / "datasets" / "cifar10-5k" / "cifar-10-batches-py"
+
+# Tiny tensors run fastest (and least disturbed by other processes) on one thread.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_overrides():
+    """Overrides for a fast CPU run: small shapes set at 16x16, resnet8, 2 epochs."""
+    return [
+        "epochs=2", "data.spec=shapes?n=160&size=16&n_test=40", "data.val_fraction=0.2", "data.batch_size=32",
+        "data.num_workers=0", "student.name=resnet8", "optim.lr=0.05", "optim.schedule=cosine",
+        "run.progress=false", "run.threads=1", "run.device=cpu",
+    ]

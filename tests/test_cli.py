@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from distillscope.cli import main
+from distillscope.demo import run_demo
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_commands(capsys):
+    code, out, _ = _run(capsys, "list", "models")
+    assert code == 0 and {"resnet8", "wrn_40_2", "resnet32x4", "mobilenetv2"} <= set(out.split())
+    assert {"ce", "kd", "fitnet"} <= set(_run(capsys, "list", "methods")[1].split())
+    assert {"cifar10", "cifar100", "folder", "shapes"} <= set(_run(capsys, "list", "datasets")[1].split())
+
+
+def test_train_eval_and_table(tmp_path, capsys, tiny_overrides):
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    code, out, err = _run(capsys, "train", *sets, "--set", "name=cli", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert "last epoch test top-1" in out and str(tmp_path / "a") in out
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    code, out, _ = _run(capsys, "eval", str(tmp_path / "a"), "--data", "shapes?n=160&size=16&n_test=40", "--json", "--device", "cpu")
+    metrics = json.loads(out)
+    assert code == 0 and metrics["count"] == 40
+    assert metrics["top1"] == pytest.approx(summary["best"]["test/top1"])
+    assert _run(capsys, "train", *sets, "--set", "name=cli", "--set", "seed=1", "--out", str(tmp_path / "b"))[0] == 0
+    code, out, _ = _run(capsys, "table", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert code == 0 and "| cli | resnet8 | ce | 0, 1 |" in out and "±" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--set", "student.name=resnet9"], "unknown model 'resnet9'"),
+        (["train", "--resume"], "--resume needs --out"),
+        (["eval", "/no/such/run", "--data", "shapes"], "does not exist"),
+        (["table", "/no/such/run"], "has no summary.json"),
+    ],
+)
+def test_errors_are_one_clear_line(capsys, argv, message):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("distillscope: error:")
+
+
+def test_demo_prints_the_comparison_and_never_reuses_a_folder(tmp_path, capsys):
+    (tmp_path / "demo").mkdir()
+    rows = run_demo(tmp_path / "demo", epochs=1, n=120)
+    out = capsys.readouterr().out
+    assert [r["role"] for r in rows] == ["teacher", "ce_student", "kd_student"]
+    assert "| kd_student | resnet8 | kd |" in out and "| teacher | resnet20 | ce |" in out
+    assert (tmp_path / "demo-2" / "kd_student" / "summary.json").is_file()
+    assert not any((tmp_path / "demo").iterdir())
