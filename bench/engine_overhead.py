@@ -15,7 +15,7 @@ Each side gets one untimed warm-up epoch, then ``--rounds`` interleaved timed ep
 is reported. Target: our step takes at most 1.10x the bare loop's time (ratio <= 1.10).
 
     python bench/engine_overhead.py [--steps 60] [--rounds 3] [--models resnet20,resnet8x4]
-                                    [--device auto] [--data SPEC] [--out docs/benchmarks.md] [--quick]
+                                    [--device auto] [--threads N] [--data SPEC] [--out docs/benchmarks.md] [--quick]
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _case(model: str, setting: str, spec: str, device: str, steps: int, rounds: int, tmp: str) -> dict:
-    cfg = load_config(overrides=[f"student.name={model}", "method={name: ce}", "run.progress=false", f"run.device={device}", f"data.batch_size={BATCH}", *SETTINGS[setting]], data_spec=spec)
+def _case(model: str, setting: str, spec: str, device: str, steps: int, rounds: int, threads: int | None, tmp: str) -> dict:
+    threads_set = [f"run.threads={threads}"] if threads else []
+    cfg = load_config(overrides=[*threads_set, f"student.name={model}", "method={name: ce}", "run.progress=false", f"run.device={device}", f"data.batch_size={BATCH}", *SETTINGS[setting]], data_spec=spec)
     trainer = Trainer(cfg, Path(tmp) / f"{model}-{setting}")
     old = trainer.train_loader
     steps = min(steps, len(trainer.data.train) // BATCH)
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed epochs per side (median reported)")
     p.add_argument("--models", default="resnet20,resnet8x4", help="comma-separated model names")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (run.threads) for both sides; default: torch's")
     p.add_argument("--data", default=None, help=f"data spec (default: cifar10:{CIFAR} if present, else shapes?n=2048)")
     p.add_argument("--out", type=Path, default=None, help="Markdown file whose engine_overhead section is replaced")
     p.add_argument("--quick", action="store_true", help="smoke test: 4 steps, 1 round")
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             for setting in SETTINGS:
-                results.append(_case(model, setting, spec, args.device, args.steps, args.rounds, tmp))
+                results.append(_case(model, setting, spec, args.device, args.steps, args.rounds, args.threads, tmp))
                 print(f"# {model} {setting}: ratio {results[-1]['ratio']:.3f}", file=sys.stderr)
     shown = spec.replace(str(CIFAR), os.path.relpath(CIFAR, ROOT))
     text = render(results, shown, shlex.join(["python", "bench/engine_overhead.py", *argv]))

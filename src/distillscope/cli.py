@@ -1,4 +1,4 @@
-"""Command line: ``distillscope list | train | eval | table | demo``."""
+"""Command line: ``distillscope list | train | eval | table | download | demo``."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,13 @@ def _cmd_eval(args) -> None:
         print(f"{state['model']} on {args.data} test: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  NLL {metrics['nll']:.4f}  ({metrics['count']} images)")
 
 
+def _cmd_download(args) -> None:
+    from .data.cifar import download_cifar
+
+    target = download_cifar(args.name, args.dest)
+    print(f"{args.name} is in {target}; use it as --data {args.name}:{target}")
+
+
 def _cmd_table(args) -> None:
     from .report import read_summaries, results_table
 
@@ -103,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("download", help="fetch the official CIFAR-10/100 archive (MD5-checked) into a folder")
+    p.add_argument("name", choices=["cifar10", "cifar100"])
+    p.add_argument("dest", help="parent folder, e.g. data")
+    p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("table", help="mean ± std over seeds of finished runs (best-val and last epoch)")
     p.add_argument("runs", nargs="+", help="run folders; runs sharing a config name are seeds of one row")

@@ -5,7 +5,7 @@ Each image is drawn with vectorised numpy on coordinate grids:
 * background: stripes (random angle, period, sharpness), a rotated checkerboard, smooth
   value noise or a linear gradient, mixing two random colours;
 * object: one of ``SHAPES_CLASSES`` with random centre, size (about 30-70 % of the image
-  side), rotation, slight squash and a random colour kept apart from the background's
+  side across), rotation, slight squash and a random colour kept apart from the background's
   mean colour, shaded by a soft gradient;
 * sometimes a background-coloured bar occludes part of the object;
 * mild Gaussian pixel noise.
@@ -49,13 +49,13 @@ _SILHOUETTES = [
     lambda u, v: np.abs(u) / 0.72 + np.abs(v) / 1.3 <= 1.0,
     lambda u, v: (u / 0.55) ** 2 + (v / 1.16) ** 2 <= 1.0,
     lambda u, v: _polygon(u, v, 6, 0.88),
-    lambda u, v: (u * u + v * v <= 1.0) & ((u - 0.55) ** 2 + v * v >= 0.64),
+    lambda u, v: (u * u + v * v <= 1.0) & ((u - 0.65) ** 2 + v * v >= 0.49),
 ]
 
 
 def _per_sample(x: np.ndarray) -> np.ndarray:
-    """Reshape a per-sample vector so it broadcasts over (n, size, size)."""
-    return x[:, None, None]
+    """Reshape a per-sample vector so it broadcasts over (n, size, size), as float32."""
+    return x.astype(np.float32)[:, None, None]
 
 
 def _background_field(rng: np.random.Generator, n: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -64,34 +64,38 @@ def _background_field(rng: np.random.Generator, n: int, xs: np.ndarray, ys: np.n
     kind = rng.integers(0, 4, n)
     angle = _per_sample(rng.uniform(0, np.pi, n))
     along = xs * np.cos(angle) + ys * np.sin(angle)
-    across = -xs * np.sin(angle) + ys * np.cos(angle)
+    across = ys * np.cos(angle) - xs * np.sin(angle)
     period = _per_sample(rng.uniform(3, 10, n))
     phase = _per_sample(rng.uniform(0, 2 * np.pi, n))
     sharp = _per_sample(rng.uniform(0.5, 3, n))
-    stripes = np.clip(0.5 + sharp * np.sin(2 * np.pi * along / period + phase), 0, 1)
-    checker = (np.floor(along / (period * 0.7) + phase) + np.floor(across / (period * 0.7))) % 2
-    # Smooth value noise: a 6x6 random grid bilinearly upsampled with a fixed matrix.
+    field = np.empty((n, size, size), dtype=np.float32)
+    k = kind == 0  # stripes
+    field[k] = np.clip(0.5 + sharp[k] * np.sin(2 * np.pi * along[k] / period[k] + phase[k]), 0, 1)
+    k = kind == 1  # rotated checkerboard
+    field[k] = (np.floor(along[k] / period[k] + phase[k]) + np.floor(across[k] / period[k])) % 2
+    k = kind == 2  # smooth value noise: a 6x6 random grid, bilinearly upsampled
     pos = (np.arange(size) + 0.5) / size * 5
     lo = np.minimum(pos.astype(int), 4)
-    up = np.zeros((size, 6))
+    up = np.zeros((size, 6), dtype=np.float32)
     up[np.arange(size), lo] = 1 - (pos - lo)
     up[np.arange(size), lo + 1] = pos - lo
-    noise = np.einsum("yi,nij,xj->nyx", up, rng.random((n, 6, 6)), up)
-    low, high = noise.min(axis=(1, 2), keepdims=True), noise.max(axis=(1, 2), keepdims=True)
-    noise = (noise - low) / (high - low + 1e-6)
-    gradient = (along - along.min(axis=(1, 2), keepdims=True)) / size / 1.5
-    kind = _per_sample(kind)
-    return np.select([kind == 0, kind == 1, kind == 2], [stripes, checker, noise], gradient).astype(np.float32)
+    field[k] = up @ rng.random((int(k.sum()), 6, 6), dtype=np.float32) @ up.T
+    k = kind == 3  # linear gradient
+    field[k] = along[k]
+    for k in (kind == 2, kind == 3):  # stretch noise and gradient to the full [0, 1] range
+        low, high = field[k].min(axis=(1, 2), keepdims=True), field[k].max(axis=(1, 2), keepdims=True)
+        field[k] = (field[k] - low) / (high - low + 1e-6)
+    return field
 
 
 def _object_colours(rng: np.random.Generator, reference: np.ndarray) -> np.ndarray:
     """Random RGB colours at least 0.4 (Euclidean, 0..1 scale) away from ``reference``."""
-    colours = rng.random(reference.shape)
+    colours = rng.random(reference.shape, dtype=np.float32)
     while True:
         close = np.linalg.norm(colours - reference, axis=1) < 0.4
         if not close.any():
             return colours
-        colours[close] = rng.random((int(close.sum()), 3))
+        colours[close] = rng.random((int(close.sum()), 3), dtype=np.float32)
 
 
 def make_shapes(n: int, seed: int, size: int = 32, train: bool = True) -> ArrayDataset:
@@ -103,10 +107,10 @@ def make_shapes(n: int, seed: int, size: int = 32, train: bool = True) -> ArrayD
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
 
     field = _background_field(rng, n, xs, ys)
-    bg_a, bg_b = rng.random((n, 3)), rng.random((n, 3))
+    bg_a, bg_b = rng.random((n, 3), dtype=np.float32), rng.random((n, 3), dtype=np.float32)
     image = bg_a[:, :, None, None] + (bg_b - bg_a)[:, :, None, None] * field[:, None]
 
-    radius = rng.uniform(0.15, 0.35, n) * size
+    radius = rng.uniform(0.19, 0.44, n) * size
     cx, cy = (rng.uniform(0.8 * radius, size - 0.8 * radius) for _ in range(2))
     turn = rng.uniform(0, 2 * np.pi, n)
     squash = rng.uniform(0.85, 1.0, n)
@@ -132,6 +136,6 @@ def make_shapes(n: int, seed: int, size: int = 32, train: bool = True) -> ArrayD
     shade = 0.8 + 0.2 * np.clip(u * _per_sample(rng.uniform(-1, 1, n)) + v * _per_sample(rng.uniform(-1, 1, n)), -1, 1)
     obj = colour[:, :, None, None] * shade[:, None]
     image = np.where(mask[:, None], obj, image)
-    image += rng.normal(0, 1, image.shape) * rng.uniform(0.01, 0.06, (n, 1, 1, 1))
+    image += rng.standard_normal(image.shape, dtype=np.float32) * _per_sample(rng.uniform(0.01, 0.06, n))[:, None]
     pixels = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
     return ArrayDataset(torch.from_numpy(pixels), torch.from_numpy(labels), list(SHAPES_CLASSES), torch.from_numpy(mask))
