@@ -162,3 +162,16 @@ def test_damaged_checkpoint_is_reported(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(DistillscopeError, match="not a readable safetensors"):
         load_checkpoint(bad)
+
+
+def test_a_method_may_train_the_teacher_too(tmp_path, tiny_overrides, teacher_dir, monkeypatch):
+    from distillscope.methods.kd import KD
+
+    monkeypatch.setattr(KD, "freeze_teacher", False)
+    cfg = load_config(None, tiny_overrides + ["epochs=1", "method.name=kd", "teacher.name=resnet14", f"teacher.checkpoint={teacher_dir}"])
+    trainer = Trainer(cfg, tmp_path / "online")
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.fit()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())
+    tensors, _ = load_checkpoint(tmp_path / "online" / "last.safetensors")
+    assert any(k.startswith("teacher.") for k in tensors)

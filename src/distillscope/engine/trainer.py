@@ -110,6 +110,10 @@ class Trainer:
         self._build_method()
 
         trainable = list(self.student.parameters()) + list(self.method.parameters())
+        self.trains_teacher = self.teacher is not None and not self.method.freeze_teacher
+        if self.trains_teacher:
+            self.teacher.train().requires_grad_(True)
+            trainable += list(self.teacher.parameters())
         o = config.optim
         self.optimizer = torch.optim.SGD(trainable, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.precision == "fp16")
@@ -173,7 +177,7 @@ class Trainer:
     def _teacher_outputs(self, batch) -> Outputs | None:
         if self.teacher_taps is None:
             return None
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.trains_teacher):
             logits, features = self.teacher_taps(batch.images)
         return Outputs(logits, features)
 
@@ -306,6 +310,8 @@ class Trainer:
     def _save_last(self) -> None:
         optim_state = self.optimizer.state_dict()
         tensors = {**prefixed("model", self.student.state_dict()), **prefixed("method", self.method.state_dict()), "rng.torch": torch.get_rng_state()}
+        if self.trains_teacher:
+            tensors.update(prefixed("teacher", self.teacher.state_dict()))
         scalars = {}
         for idx, state in optim_state["state"].items():
             for key, value in state.items():
@@ -331,6 +337,8 @@ class Trainer:
             raise DistillscopeError(f"cannot resume '{self.out}': config differs from the saved run in {', '.join(diff)}; resume with the saved config.yaml")
         self.student.load_state_dict(unprefixed("model", tensors))
         self.method.load_state_dict(unprefixed("method", tensors))
+        if self.trains_teacher:
+            self.teacher.load_state_dict(unprefixed("teacher", tensors))
         optim_state = self.optimizer.state_dict()
         for idx, group in enumerate(state["optim_groups"]):
             optim_state["param_groups"][idx].update(group)

@@ -5,7 +5,8 @@ shapes of those features once (:meth:`build`, where adapters are created; their 
 optimiser), then calls it every step with the student's and teacher's outputs, the batch (targets,
 sample indices, augmentation record) and the epoch. It returns ``{term: loss}``; the trainer sums and
 logs the terms. Per-sample state lives in the method's buffers (keyed by ``batch.index``) and is saved
-in checkpoints with the rest of its state. Teacher-free methods set ``needs_teacher = False``.
+in checkpoints with the rest of its state. Teacher-free methods set ``needs_teacher = False``; methods
+that update the teacher too (online/mutual distillation) set ``freeze_teacher = False``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class DistillMethod(nn.Module):
     """Base class: cross-entropy on the labels (weight ``ce_weight``) plus :meth:`distill_losses`."""
 
     needs_teacher: bool = True
+    freeze_teacher: bool = True
 
     def __init__(self, ce_weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
