@@ -73,26 +73,22 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
 
 
-@DATASETS.register("cifar10")
-def _cifar10(path: str, options: dict, spec: str):
-    from .cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar
+def _cifar_loader(kind: str, num_classes: int):
+    def load(path: str, options: dict, spec: str):
+        from . import cifar
 
-    root = _need_path("cifar10", path, spec)
-    train, test = load_cifar(root, train=True), load_cifar(root, train=False)
-    if train.num_classes != 10:
-        raise DistillscopeError(f"data spec '{spec}': '{root}' holds {train.num_classes} classes; use cifar100:{path}")
-    return train, test, CIFAR10_MEAN, CIFAR10_STD
+        root = _need_path(kind, path, spec)
+        train, test = cifar.load_cifar(root, train=True), cifar.load_cifar(root, train=False)
+        if train.num_classes != num_classes:
+            other = "cifar100" if kind == "cifar10" else "cifar10"
+            raise DistillscopeError(f"data spec '{spec}': '{root}' holds {train.num_classes} classes; use {other}:{path}")
+        return train, test, getattr(cifar, f"{kind.upper()}_MEAN"), getattr(cifar, f"{kind.upper()}_STD")
+
+    return load
 
 
-@DATASETS.register("cifar100")
-def _cifar100(path: str, options: dict, spec: str):
-    from .cifar import CIFAR100_MEAN, CIFAR100_STD, load_cifar
-
-    root = _need_path("cifar100", path, spec)
-    train, test = load_cifar(root, train=True), load_cifar(root, train=False)
-    if train.num_classes != 100:
-        raise DistillscopeError(f"data spec '{spec}': '{root}' holds {train.num_classes} classes; use cifar10:{path}")
-    return train, test, CIFAR100_MEAN, CIFAR100_STD
+for _kind, _classes in (("cifar10", 10), ("cifar100", 100)):
+    DATASETS.register(_kind)(_cifar_loader(_kind, _classes))
 
 
 @DATASETS.register("shapes")
