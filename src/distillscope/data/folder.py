@@ -53,5 +53,12 @@ class FolderDataset(Dataset):
     def to_array(self, num_workers: int = 0, batch_size: int = 256) -> ArrayDataset:
         """Load every image into memory (meant for small folders)."""
         loader = DataLoader(self, batch_size=batch_size, num_workers=num_workers)
-        images, targets, index = zip(*loader)
+        try:
+            images, targets, index = zip(*loader)
+        except DistillscopeError as exc:
+            lines = str(exc).strip().splitlines()
+            if len(lines) == 1:
+                raise
+            # A worker's error arrives wrapped in its traceback; keep only the original message.
+            raise DistillscopeError(lines[-1].partition(": ")[2]) from None
         return ArrayDataset(torch.cat(images), torch.cat(targets), list(self.classes), index=torch.cat(index))

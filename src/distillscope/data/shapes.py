@@ -3,12 +3,12 @@
 Each image is drawn with vectorised numpy on coordinate grids:
 
 * background: stripes (random angle, period, sharpness), a rotated checkerboard, smooth
-  value noise or a linear gradient, mixing two random colours;
-* object: one of ``SHAPES_CLASSES`` with random centre, size (about 30-70 % of the image
-  side across), rotation, slight squash and a random colour kept apart from the background's
-  mean colour, shaded by a soft gradient;
-* sometimes a background-coloured bar occludes part of the object;
-* mild Gaussian pixel noise.
+  value noise or a linear gradient, mixing a random colour with a nearby second one;
+* object: one of ``SHAPES_CLASSES`` (all of about equal area) with random centre, size (about
+  30-70 % of the image side across), rotation within ±30°, slight squash and a random
+  colour kept apart from both background colours, shaded by a soft gradient;
+* in 20 % of images a bar in the background's look hides part of the object;
+* Gaussian pixel noise of random strength (1-6 %).
 
 Colours, textures, size and pose are drawn independently of the class, so only the
 silhouette identifies it. The mask is the visible object pixels. Everything derives from
@@ -23,14 +23,14 @@ import torch
 from ..errors import DistillscopeError
 from .base import ArrayDataset
 
-SHAPES_CLASSES = ["circle", "square", "triangle", "cross", "ring", "star", "diamond", "ellipse", "hexagon", "crescent"]
+SHAPES_CLASSES = ["circle", "square", "triangle", "cross", "ring", "star", "ellipse", "heart", "arrow", "crescent"]
 
 
-def _polygon(u: np.ndarray, v: np.ndarray, sides: int, radius: float) -> np.ndarray:
-    """Regular polygon with the given circumradius, one vertex on the +u axis."""
-    sector = 2 * np.pi / sides
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Equilateral triangle with circumradius 1.24, one vertex on the +u axis."""
+    sector = 2 * np.pi / 3
     phi = np.mod(np.arctan2(v, u), sector) - sector / 2
-    return np.hypot(u, v) * np.cos(phi) <= radius * np.cos(np.pi / sides)
+    return np.hypot(u, v) * np.cos(phi) <= 0.62
 
 
 def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -38,17 +38,29 @@ def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.hypot(u, v) <= 0.42 + 0.7 * spike
 
 
-# Silhouettes in object coordinates, all with an area of roughly 2 (a circle of radius 0.8).
+def _heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    x, y = u / 0.74, -v / 0.74
+    return (x * x + y * y - 1) ** 3 <= x * x * y**3
+
+
+def _arrow(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    shaft = (np.abs(u) <= 0.3) & (v >= -1.3) & (v <= 0.1)
+    head = (v >= 0.1) & (np.abs(u) <= (1.3 - v) * 0.72)
+    return shaft | head
+
+
+# Silhouettes in object coordinates (unit = object radius), in SHAPES_CLASSES order,
+# all with an area of about 2 (a circle of radius 0.8) so that size is no class cue.
 _SILHOUETTES = [
     lambda u, v: u * u + v * v <= 0.64,
     lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.71,
-    lambda u, v: _polygon(u, v, 3, 1.24),
+    _triangle,
     lambda u, v: (np.minimum(np.abs(u), np.abs(v)) <= 0.28) & (np.maximum(np.abs(u), np.abs(v)) <= 1.03),
     lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.36),
     _star,
-    lambda u, v: np.abs(u) / 0.72 + np.abs(v) / 1.3 <= 1.0,
     lambda u, v: (u / 0.55) ** 2 + (v / 1.16) ** 2 <= 1.0,
-    lambda u, v: _polygon(u, v, 6, 0.88),
+    _heart,
+    _arrow,
     lambda u, v: (u * u + v * v <= 1.0) & ((u - 0.65) ** 2 + v * v >= 0.49),
 ]
 
@@ -88,11 +100,12 @@ def _background_field(rng: np.random.Generator, n: int, xs: np.ndarray, ys: np.n
     return field
 
 
-def _object_colours(rng: np.random.Generator, reference: np.ndarray) -> np.ndarray:
-    """Random RGB colours at least 0.4 (Euclidean, 0..1 scale) away from ``reference``."""
-    colours = rng.random(reference.shape, dtype=np.float32)
+def _object_colours(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
+    """Random RGB colours at least 0.5 (Euclidean, 0..1 scale) away from both background colours."""
+    colours = rng.random(bg_a.shape, dtype=np.float32)
     while True:
-        close = np.linalg.norm(colours - reference, axis=1) < 0.4
+        gap = np.minimum(np.linalg.norm(colours - bg_a, axis=1), np.linalg.norm(colours - bg_b, axis=1))
+        close = gap < 0.5
         if not close.any():
             return colours
         colours[close] = rng.random((int(close.sum()), 3), dtype=np.float32)
@@ -107,12 +120,13 @@ def make_shapes(n: int, seed: int, size: int = 32, train: bool = True) -> ArrayD
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
 
     field = _background_field(rng, n, xs, ys)
-    bg_a, bg_b = rng.random((n, 3), dtype=np.float32), rng.random((n, 3), dtype=np.float32)
+    bg_a = rng.random((n, 3), dtype=np.float32)
+    bg_b = np.clip(bg_a + rng.uniform(-0.25, 0.25, (n, 3)).astype(np.float32), 0, 1)
     image = bg_a[:, :, None, None] + (bg_b - bg_a)[:, :, None, None] * field[:, None]
 
     radius = rng.uniform(0.19, 0.44, n) * size
     cx, cy = (rng.uniform(0.8 * radius, size - 0.8 * radius) for _ in range(2))
-    turn = rng.uniform(0, 2 * np.pi, n)
+    turn = rng.uniform(-np.pi / 6, np.pi / 6, n)
     squash = rng.uniform(0.85, 1.0, n)
     dx, dy = xs - _per_sample(cx), ys - _per_sample(cy)
     cos, sin, r = _per_sample(np.cos(turn)), _per_sample(np.sin(turn)), _per_sample(radius)
@@ -126,13 +140,13 @@ def make_shapes(n: int, seed: int, size: int = 32, train: bool = True) -> ArrayD
     # Occluding bar through a point near the object centre, in the background's look.
     bar_angle = _per_sample(rng.uniform(0, np.pi, n))
     offset = _per_sample(rng.uniform(-0.5, 0.5, n)) * r
-    half_width = _per_sample(rng.uniform(0.08, 0.2, n)) * r + 0.5
+    half_width = _per_sample(rng.uniform(0.06, 0.15, n)) * r + 0.5
     bar = np.abs(dx * np.cos(bar_angle) + dy * np.sin(bar_angle) - offset) <= half_width
     occluded = mask & ~bar
-    keep = (rng.random(n) < 0.35) & (occluded.sum(axis=(1, 2)) >= 0.5 * mask.sum(axis=(1, 2)))
+    keep = (rng.random(n) < 0.2) & (occluded.sum(axis=(1, 2)) >= 0.5 * mask.sum(axis=(1, 2)))
     mask[keep] = occluded[keep]
 
-    colour = _object_colours(rng, (bg_a + bg_b) / 2)
+    colour = _object_colours(rng, bg_a, bg_b)
     shade = 0.8 + 0.2 * np.clip(u * _per_sample(rng.uniform(-1, 1, n)) + v * _per_sample(rng.uniform(-1, 1, n)), -1, 1)
     obj = colour[:, :, None, None] * shade[:, None]
     image = np.where(mask[:, None], obj, image)
