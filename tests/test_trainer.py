@@ -175,3 +175,22 @@ def test_a_method_may_train_the_teacher_too(tmp_path, tiny_overrides, teacher_di
     assert any(not torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())
     tensors, _ = load_checkpoint(tmp_path / "online" / "last.safetensors")
     assert any(k.startswith("teacher.") for k in tensors)
+
+
+def test_trains_on_an_image_folder_streamed_by_workers(tmp_path, tiny_overrides):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for c, name in enumerate(("cat", "dog")):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (torch.rand(20, 24, 3, generator=gen) * 128 + 127 * c).byte().numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    spec = f"folder:{tmp_path / 'data'}?size=16"
+    cfg = load_config(None, tiny_overrides + ["epochs=1", f"data.spec={spec}", "data.num_workers=1", "data.val_fraction=0.25", "data.batch_size=8"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.data.classes == ["cat", "dog"] and len(trainer.data.val) == 6 and len(trainer.data.test) == 8
+    summary = trainer.fit()
+    assert summary["last"]["epoch"] == 1 and 0 <= summary["last"]["test/top1"] <= 100
