@@ -211,16 +211,14 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             logits, losses = self._train_step(batch, epoch)
-            n = len(batch)
-            for key, value in (("count", n), ("correct1", topk_correct(logits, batch.targets, 1)), ("correct5", topk_correct(logits, batch.targets, 5)), *((f"loss/{k}", v.detach() * n) for k, v in losses.items())):
-                sums[key] = sums.get(key, torch.zeros((), device=self.device, dtype=torch.float64)) + value
+            self._accumulate(sums, batch, logits, losses)
             self.step += 1
             self.step_in_epoch += 1
             bar.update()
             if self.step_in_epoch % self.cfg.run.log_every == 0 or self.step_in_epoch == steps or self._stop.is_set():
                 self.sums = {k: v.item() for k, v in sums.items()}
                 self._check_finite(epoch)
-                bar.set_postfix(loss=f"{sum(v for k, v in self.sums.items() if k.startswith('loss/')) / self.sums['count']:.3f}", lr=f"{lr:.3g}")
+                bar.set_postfix(loss=f"{self._mean_loss():.3f}", lr=f"{lr:.3g}")
             if self._stop.is_set():
                 self.train_seconds += time.perf_counter() - started
                 bar.close()
@@ -229,6 +227,17 @@ class Trainer:
         bar.close()
         self.train_seconds += time.perf_counter() - started
         self.method.on_epoch_end(epoch)
+
+    def _accumulate(self, sums: dict, batch, logits: torch.Tensor, losses: dict) -> None:
+        """Add one batch's size, top-k hits and size-weighted loss terms to the epoch sums, on the device."""
+        n = len(batch)
+        terms = {"count": n, "correct1": topk_correct(logits, batch.targets, 1), "correct5": topk_correct(logits, batch.targets, 5)}
+        terms.update({f"loss/{k}": v.detach() * n for k, v in losses.items()})
+        for key, value in terms.items():
+            sums[key] = sums.get(key, torch.zeros((), device=self.device, dtype=torch.float64)) + value
+
+    def _mean_loss(self) -> float:
+        return sum(v for k, v in self.sums.items() if k.startswith("loss/")) / self.sums["count"]
 
     def _check_finite(self, epoch: int) -> None:
         bad = [k[5:] for k, v in self.sums.items() if k.startswith("loss/") and not math.isfinite(v)]
@@ -239,7 +248,7 @@ class Trainer:
         s = self.sums
         row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({f"train/{k[5:]}": v / s["count"] for k, v in s.items() if k.startswith("loss/")})
-        row["train/loss"] = sum(v for k, v in s.items() if k.startswith("loss/")) / s["count"]
+        row["train/loss"] = self._mean_loss()
         row["train/top1"], row["train/top5"] = 100 * s["correct1"] / s["count"], 100 * s["correct5"] / s["count"]
         for split, loader in self.eval_loaders.items():
             logits, targets, _ = collect_logits(self.student, loader, self.amp_dtype)
