@@ -4,7 +4,7 @@ import torch
 
 from distillscope.data import Batch
 from distillscope.errors import DistillscopeError, UnknownNameError
-from distillscope.methods import Outputs, create_method, list_methods
+from distillscope.methods import Outputs, TrainingInfo, create_method, list_methods
 from distillscope.methods.kd import kd_loss
 
 
@@ -41,7 +41,8 @@ def test_fitnet_builds_a_regressor_and_regresses_onto_the_hint():
     method = create_method("fitnet", hint_weight=2.0)
     assert method.taps(None, None) == ({"hint": "stage:mid"}, {"hint": "stage:mid"})
     s_feat, t_feat = torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)
-    method.build({"hint": s_feat.shape}, {"hint": t_feat.shape})
+    info = TrainingInfo(7, torch.arange(4), torch.arange(4) % 7, epochs=1, steps_per_epoch=1)
+    method.build({"hint": s_feat.shape}, {"hint": t_feat.shape}, info)
     assert sum(p.numel() for p in method.parameters()) > 0
     method.eval()
     losses = method(Outputs(torch.randn(2, 7), {"hint": s_feat}), Outputs(torch.randn(2, 7), {"hint": t_feat}), _batch(2), 0)

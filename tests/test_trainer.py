@@ -194,3 +194,15 @@ def test_trains_on_an_image_folder_streamed_by_workers(tmp_path, tiny_overrides)
     assert trainer.data.classes == ["cat", "dog"] and len(trainer.data.val) == 6 and len(trainer.data.test) == 8
     summary = trainer.fit()
     assert summary["last"]["epoch"] == 1 and 0 <= summary["last"]["test/top1"] <= 100
+
+
+def test_methods_see_the_training_index_space_and_labels(tmp_path, tiny_overrides, monkeypatch):
+    from distillscope.methods.ce import CrossEntropy
+
+    seen = {}
+    monkeypatch.setattr(CrossEntropy, "build", lambda self, s, t, info: seen.update(info=info))
+    trainer = Trainer(load_config(None, tiny_overrides), tmp_path / "run")
+    info = seen["info"]
+    assert info.index_space == 160 and len(info.index) == len(trainer.data.train) == 130 and info.num_classes == 10
+    assert torch.equal(info.targets, trainer.data.train.targets) and info.steps_per_epoch == len(trainer.train_loader)
+    assert set(info.index.tolist()).isdisjoint(trainer.data.val.index.tolist())

@@ -140,6 +140,16 @@ def _take(dataset: ArrayDataset | Dataset, rows: torch.Tensor):
     return dataset.subset(rows) if isinstance(dataset, ArrayDataset) else Subset(dataset, rows.tolist())
 
 
+def index_and_targets(dataset: ArrayDataset | Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dataset indices and labels of every sample (also through a ``Subset`` of a folder dataset)."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset.index, dataset.targets
+    if isinstance(dataset, Subset):
+        rows = torch.as_tensor(dataset.indices)
+        return rows, torch.as_tensor(dataset.dataset.targets)[rows]
+    return torch.arange(len(dataset)), torch.as_tensor(dataset.targets)
+
+
 def load_data(spec: str, val_fraction: float = 0.0, split_seed: int = 0) -> DataBundle:
     """Load a dataset from its spec and carve a validation split from its training set."""
     kind, path, options = parse_spec(spec)

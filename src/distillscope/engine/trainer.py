@@ -24,9 +24,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import Config, from_dict
-from ..data import Loader, load_data
+from ..data import Loader, index_and_targets, load_data
 from ..errors import DistillscopeError
-from ..methods import Outputs, create_method
+from ..methods import Outputs, TrainingInfo, create_method
 from ..models import FeatureTaps, create_model
 from .checkpoint import load_checkpoint, load_model, prefixed, save_checkpoint, unprefixed
 from .evaluate import classification_metrics, collect_logits, topk_correct
@@ -163,14 +163,16 @@ class Trainer:
         return model.to(memory_format=self.memory_format)
 
     def _build_method(self) -> None:
-        """Show the method its features' shapes once so it can create adapters."""
+        """Show the method its features' shapes and the training data once, so it can create its state."""
         batch = next(Loader(self.data.train, 2, self.data.mean, self.data.std, device=self.device).epoch(0))
         with torch.no_grad():
             self.student.eval()
             student_shapes = {k: v.shape for k, v in self.student_taps(batch.images)[1].items()}
             self.student.train()
             teacher_shapes = {k: v.shape for k, v in self.teacher_taps(batch.images)[1].items()} if self.teacher_taps else {}
-        self.method.build(student_shapes, teacher_shapes)
+        index, targets = index_and_targets(self.data.train)
+        info = TrainingInfo(self.data.num_classes, index, targets, self.cfg.epochs, len(self.train_loader))
+        self.method.build(student_shapes, teacher_shapes, info)
         self.method.to(self.device)
 
     # ----------------------------------------------------------------- training

@@ -1,6 +1,6 @@
 """KD and self-KD methods: one file per method, each registered by name."""
 from . import ce, fitnet, kd  # noqa: F401  (registration)
-from .base import DistillMethod, Outputs
+from .base import DistillMethod, Outputs, TrainingInfo
 from .registry import create_method, list_methods, method_parameters, register_method
 
-__all__ = ["DistillMethod", "Outputs", "create_method", "list_methods", "method_parameters", "register_method"]
+__all__ = ["DistillMethod", "Outputs", "TrainingInfo", "create_method", "list_methods", "method_parameters", "register_method"]

@@ -1,8 +1,8 @@
 """The method contract every KD / self-KD method follows.
 
 A method is an ``nn.Module``. The trainer asks it which features to tap (:meth:`taps`), shows it the
-shapes of those features once (:meth:`build`, where adapters are created; their parameters join the
-optimiser), then calls it every step with the student's and teacher's outputs, the batch (targets,
+shapes of those features and the training set's indices and labels once (:meth:`build`, where adapters
+and per-sample buffers are created; adapter parameters join the optimiser), then calls it every step with the student's and teacher's outputs, the batch (targets,
 sample indices, augmentation record) and the epoch. It returns ``{term: loss}``; the trainer sums and
 logs the terms. Per-sample state lives in the method's buffers (keyed by ``batch.index``) and is saved
 in checkpoints with the rest of its state. Teacher-free methods set ``needs_teacher = False``; methods
@@ -17,6 +17,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.loader import Batch
+
+
+@dataclass
+class TrainingInfo:
+    """What a method may need to know about the run when it builds its state."""
+
+    num_classes: int
+    index: torch.Tensor  # dataset index of every training sample (keys of per-sample state)
+    targets: torch.Tensor  # their labels, aligned with ``index``
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def index_space(self) -> int:
+        """Size of a table addressed by ``batch.index`` (indices survive validation splits)."""
+        return int(self.index.max()) + 1
 
 
 @dataclass
@@ -42,8 +58,8 @@ class DistillMethod(nn.Module):
         """Feature taps wanted on the student and on the teacher, as ``{name: tap spec}``."""
         return {}, {}
 
-    def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
-        """Create modules that depend on feature shapes (one sample's shapes, batch dim included)."""
+    def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size], info: TrainingInfo) -> None:
+        """Create modules and per-sample buffers from feature shapes (batch dim included) and the run's data."""
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         losses = {}

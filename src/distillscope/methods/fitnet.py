@@ -33,7 +33,7 @@ class FitNet(DistillMethod):
     def taps(self, student, teacher):
         return {"hint": self.student_tap}, {"hint": self.teacher_tap}
 
-    def build(self, student_shapes, teacher_shapes):
+    def build(self, student_shapes, teacher_shapes, info):
         self.regressor = conv_regressor(student_shapes["hint"], teacher_shapes["hint"])
 
     def distill_losses(self, student, teacher, batch, epoch):
