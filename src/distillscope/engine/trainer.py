@@ -206,7 +206,7 @@ class Trainer:
             self.sums = {}
         loader, steps = self.train_loader, len(self.train_loader)
         sums = {k: torch.tensor(v, device=self.device, dtype=torch.float64) for k, v in self.sums.items()}
-        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not self.cfg.run.progress, leave=False)
+        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=None if self.cfg.run.progress else True, leave=False)
         started = time.perf_counter()
         for batch in loader.epoch(epoch, self.step_in_epoch):
             lr = lr_at(self.cfg.optim, self.step, steps, self.cfg.epochs)
