@@ -206,3 +206,19 @@ def test_methods_see_the_training_index_space_and_labels(tmp_path, tiny_override
     assert info.index_space == 160 and len(info.index) == len(trainer.data.train) == 130 and info.num_classes == 10
     assert torch.equal(info.targets, trainer.data.train.targets) and info.steps_per_epoch == len(trainer.train_loader)
     assert set(info.index.tolist()).isdisjoint(trainer.data.val.index.tolist())
+
+
+def test_a_run_that_fails_at_setup_leaves_nothing_behind(tmp_path, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["method.name=kd", "teacher.name=resnet14", f"teacher.checkpoint={tmp_path / 'missing'}"])
+    with pytest.raises(DistillscopeError, match="does not exist"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_before_the_first_checkpoint_starts_over_from_the_saved_config(tmp_path, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["epochs=1"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("name: run\n")
+    with pytest.raises(DistillscopeError, match="pass --resume"):
+        Trainer(cfg, tmp_path / "run")
+    assert Trainer(cfg, tmp_path / "run", resume=True).fit()["last"]["epoch"] == 1

@@ -86,7 +86,7 @@ class Trainer:
 
     def __init__(self, config: Config, out_dir: str | Path, resume: bool = False):
         self.cfg, self.out = config, Path(out_dir)
-        self._check_run_folder(resume)
+        resume = self._check_run_folder(resume)
         seed_everything(config.seed, config.run.deterministic)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
@@ -118,7 +118,6 @@ class Trainer:
         self.optimizer = torch.optim.SGD(trainable, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.precision == "fp16")
         self.trainable = trainable
-        self.logger = RunLogger(self.out)
 
         self.epoch = self.step = self.step_in_epoch = 0
         self.history: list[dict] = []
@@ -128,17 +127,24 @@ class Trainer:
         self._stop = threading.Event()
         if resume:
             self._restore()
+        else:
+            self._start_run_folder()
+        self.logger = RunLogger(self.out)
 
     # ----------------------------------------------------------------- setup
-    def _check_run_folder(self, resume: bool) -> None:
-        saved = self.out / "last.safetensors"
-        if resume and not saved.is_file():
+    def _check_run_folder(self, resume: bool) -> bool:
+        """Whether there is a checkpoint to resume; refuses to start over an existing run."""
+        saved, config = self.out / "last.safetensors", self.out / "config.yaml"
+        if resume and not saved.is_file() and not config.is_file():
             raise DistillscopeError(f"cannot resume: '{saved}' does not exist; start the run without --resume")
-        if not resume and (saved.exists() or (self.out / "config.yaml").exists()):
+        if not resume and (saved.exists() or config.exists()):
             raise DistillscopeError(f"run folder '{self.out}' already holds a run; pass --resume to continue it or choose another --out")
+        return resume and saved.is_file()
+
+    def _start_run_folder(self) -> None:
+        """Create the run folder and record the config, once everything was built without error."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def _build_student(self) -> torch.nn.Module:
         s = self.cfg.student
