@@ -56,3 +56,12 @@ def test_demo_prints_the_comparison_and_never_reuses_a_folder(tmp_path, capsys):
     assert "| kd_student | resnet8 | kd |" in out and "| teacher | resnet20 | ce |" in out
     assert (tmp_path / "demo-2" / "kd_student" / "summary.json").is_file()
     assert not any((tmp_path / "demo").iterdir())
+
+
+def test_eval_reproduces_a_bf16_channels_last_run_exactly(tmp_path, capsys, tiny_overrides):
+    sets = [a for o in tiny_overrides + ["epochs=1", "run.precision=bf16", "run.channels_last=true"] for a in ("--set", o)]
+    assert _run(capsys, "train", *sets, "--out", str(tmp_path / "r"))[0] == 0
+    best = json.loads((tmp_path / "r" / "summary.json").read_text())["best"]
+    out = _run(capsys, "eval", str(tmp_path / "r"), "--data", "shapes?n=160&size=16&n_test=40", "--json", "--device", "cpu")[1]
+    metrics = json.loads(out)
+    assert metrics["top1"] == best["test/top1"] and metrics["nll"] == pytest.approx(best["test/nll"], abs=1e-6)

@@ -51,17 +51,23 @@ def _summary_line(summary: dict, out: Path) -> str:
 
 
 def _cmd_eval(args) -> None:
+    import torch
+
     from .data import Loader, load_data
     from .engine import evaluate, load_model
-    from .engine.trainer import pick_device
+    from .engine.trainer import pick_device, resolve_precision
 
     device = pick_device(args.device)
     model, state = load_model(args.checkpoint, device)
     data = load_data(args.data)
     if data.num_classes != state["num_classes"]:
         raise DistillscopeError(f"checkpoint has {state['num_classes']} classes but '{args.data}' has {data.num_classes}")
-    loader = Loader(data.test, args.batch_size, tuple(state["mean"]), tuple(state["std"]), device=device)
-    metrics = evaluate(model, loader)
+    run = state["config"]["run"]  # evaluate as the run did, unless told otherwise
+    amp_dtype = resolve_precision(args.precision or run["precision"], device)
+    if run["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    loader = Loader(data.test, args.batch_size, tuple(state["mean"]), tuple(state["std"]), device=device, channels_last=run["channels_last"])
+    metrics = evaluate(model, loader, amp_dtype)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data spec, e.g. cifar10:DIR")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast for evaluation (default: the run's own)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_cmd_eval)
 
