@@ -222,3 +222,12 @@ def test_resume_before_the_first_checkpoint_starts_over_from_the_saved_config(tm
     with pytest.raises(DistillscopeError, match="pass --resume"):
         Trainer(cfg, tmp_path / "run")
     assert Trainer(cfg, tmp_path / "run", resume=True).fit()["last"]["epoch"] == 1
+
+
+def test_deterministic_mode_repeats_a_run_and_is_switched_off_again(tmp_path, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["epochs=1", "run.deterministic=true"])
+    first, second = (Trainer(cfg, tmp_path / name).fit()["last"] for name in ("a", "b"))
+    assert _comparable([first]) == _comparable([second])
+    assert torch.are_deterministic_algorithms_enabled()
+    Trainer(load_config(None, tiny_overrides + ["epochs=1"]), tmp_path / "c")
+    assert not torch.are_deterministic_algorithms_enabled()
