@@ -29,7 +29,7 @@ from ..errors import DistillscopeError
 from ..methods import Outputs, TrainingInfo, create_method
 from ..models import FeatureTaps, create_model
 from .checkpoint import load_checkpoint, load_model, prefixed, save_checkpoint, unprefixed
-from .evaluate import classification_metrics, collect_logits, topk_correct
+from .evaluate import evaluate, topk_correct
 from .logging import RunLogger
 from .schedule import lr_at
 
@@ -259,8 +259,7 @@ class Trainer:
         row["train/loss"] = self._mean_loss()
         row["train/top1"], row["train/top5"] = 100 * s["correct1"] / s["count"], 100 * s["correct5"] / s["count"]
         for split, loader in self.eval_loaders.items():
-            logits, targets, _ = collect_logits(self.student, loader, self.amp_dtype)
-            metrics = classification_metrics(logits, targets)
+            metrics = evaluate(self.student, loader, self.amp_dtype)
             row.update({f"{split}/{k}": v for k, v in metrics.items() if k != "count"})
         row["img_per_s"] = s["count"] / max(self.train_seconds, 1e-9)
         return row
