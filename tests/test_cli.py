@@ -82,7 +82,7 @@ def test_demo_table_and_verdict_over_seeds():
 
 def test_demo_seeds_flag_is_checked(capsys):
     code, out, err = _run(capsys, "demo", "--seeds", "a,b")
-    assert code == 2 and "--seeds 'a,b': give comma-separated integers" in err
+    assert code == 2 and "--seeds 'a,b': expected seeds like 0,1,2 or a range like 0-4" in err
 
 
 def test_eval_reproduces_a_bf16_channels_last_run_exactly(tmp_path, capsys, tiny_overrides):

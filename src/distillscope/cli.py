@@ -210,8 +210,9 @@ def _cmd_cache_list(args) -> None:
 
 def _cmd_demo(args) -> None:
     from .demo import run_demo
+    from .sweep import parse_seeds
 
-    run_demo(Path(args.out), seeds=_int_list(args.seeds, "--seeds"), epochs=args.epochs, n=args.n, n_test=args.n_test, size=args.size, report=not args.no_report)
+    run_demo(Path(args.out), seeds=parse_seeds(args.seeds), epochs=args.epochs, n=args.n, n_test=args.n_test, size=args.size, report=not args.no_report)
 
 
 def _cmd_synthesize(args) -> None:
@@ -230,16 +231,6 @@ def _cmd_chain(args) -> None:
     summaries = run_chain(args.configs, args.out, args.set)
     for i, summary in enumerate(summaries):
         print(f"step {i}: {summary['name']} ({summary['student']}): last epoch test top-1 {summary['last']['test/top1']:.2f}%")
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise DistillscopeError(f"{flag} '{text}': give comma-separated integers, e.g. {flag} 0,1,2")
-    return values
 
 
 def import_modules(names: list[str]) -> None:
@@ -400,12 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=256)
     c.set_defaults(func=_cmd_cache_build)
     c = cache_sub.add_parser("list", help="caches under a cache root, with how full they are")
-    c.add_argument("root", nargs="?", help="cache root (default: $DISTILLSCOPE_CACHE or ~/.cache/distillscope/teacher)")
+    c.add_argument("root", nargs="?", help="cache root (default: $DISTILLSCOPE_CACHE/teacher, else ~/.cache/distillscope/teacher)")
     c.set_defaults(func=_cmd_cache_list)
 
     p = sub.add_parser("demo", help="teacher, CE student and KD student on the built-in data; prints a table and a verdict")
     p.add_argument("--out", default="runs/demo", help="folder for the runs (default runs/demo, never an existing one)")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2: mean ± std over them (the data stays fixed)")
+    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 or 0-4: mean ± std over them (the data stays fixed)")
     p.add_argument("--epochs", type=int, default=DEMO["epochs"])
     p.add_argument("--n", type=int, default=DEMO["n"], help="training images of the built-in set")
     p.add_argument("--n-test", type=int, default=DEMO["n_test"], help="test images of the built-in set")

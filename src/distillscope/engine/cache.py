@@ -43,6 +43,7 @@ from torch.utils.data import Subset
 
 from ..data import ArrayDataset, Batch, apply_augmentation, index_and_targets, normalize
 from ..errors import DistillscopeError
+from ..userdirs import user_cache_dir
 
 FORMAT = 1
 KEY_LABELS = {
@@ -55,11 +56,8 @@ KEY_LABELS = {
 
 
 def default_cache_root() -> Path:
-    """``$DISTILLSCOPE_CACHE``, else ``$XDG_CACHE_HOME/distillscope/teacher``, else ``~/.cache/distillscope/teacher``."""
-    if os.environ.get("DISTILLSCOPE_CACHE"):
-        return Path(os.environ["DISTILLSCOPE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "distillscope" / "teacher"
+    """``teacher/`` under the user cache dir (:func:`distillscope.userdirs.user_cache_dir`)."""
+    return user_cache_dir() / "teacher"
 
 
 def augmentation_space(pad: int, flip: bool, augment: bool | str) -> dict[str, int]:

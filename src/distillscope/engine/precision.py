@@ -9,7 +9,6 @@ per machine, torch version, model and batch shape in ``$XDG_CACHE_HOME/distillsc
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import atomic_write
+from ..userdirs import user_cache_dir
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,7 +48,7 @@ def choose_precision(requested: str, device: torch.device, probe: Callable[[torc
 
 
 def _cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distillscope" / "precision.json"
+    return user_cache_dir() / "precision.json"
 
 
 def time_train_step(step: Callable[[], None], device: torch.device, warmup: int = 2, repeats: int = 3) -> float:
