@@ -129,6 +129,20 @@ def test_aekd_three_teacher_weights_match_a_grid_search():
         assert got == pytest.approx(list(best), abs=0.02)
 
 
+def test_capped_simplex_projection_matches_a_generic_solver():
+    from scipy.optimize import minimize
+
+    from distillscope.methods.multi_teacher import project_capped_simplex
+
+    torch.manual_seed(5)
+    for m, cap in ((2, 0.5), (2, 0.8), (3, 0.6), (3, 1.0), (5, 0.2), (5, 0.35)):
+        v = torch.randn(6, m, dtype=torch.float64) * 2
+        got = project_capped_simplex(v, cap)
+        for row, projected in zip(v.tolist(), got.tolist()):
+            ref = minimize(lambda a: sum((x - y) ** 2 for x, y in zip(a, row)), [1 / m] * m, method="SLSQP", bounds=[(0, cap)] * m,
+                           constraints=[{"type": "eq", "fun": lambda a: sum(a) - 1}], options={"ftol": 1e-14, "maxiter": 500})
+            assert projected == pytest.approx(list(ref.x), abs=1e-5), (m, cap, row)
+
 def test_config_rejects_mixed_or_mismatched_teachers():
     with pytest.raises(DistillscopeError, match="method 'kd' distils from one teacher"):
         load_config(None, ["method.name=kd", "teachers=[{name: resnet8, checkpoint: a}]"])

@@ -52,15 +52,17 @@ def ensemble_probabilities(teacher_logits: list[torch.Tensor], temperature: floa
     return torch.stack([F.softmax(t.float() / temperature, dim=1) for t in teacher_logits]).mean(0)
 
 
-def project_capped_simplex(v: torch.Tensor, cap: float, iterations: int = 60) -> torch.Tensor:
-    """Euclidean projection of each row of ``v`` onto {α : Σ α = 1, 0 ≤ α ≤ cap}: α = clip(v − λ, 0, cap),
-    with the shift λ found by bisection (Σ clip(v − λ, 0, cap) falls monotonically in λ)."""
-    low, high = v.min(1, keepdim=True).values - cap, v.max(1, keepdim=True).values
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        too_much = (v - mid).clamp(0, cap).sum(1, keepdim=True) > 1
-        low, high = torch.where(too_much, mid, low), torch.where(too_much, high, mid)
-    return (v - (low + high) / 2).clamp(0, cap)
+def project_capped_simplex(v: torch.Tensor, cap: float) -> torch.Tensor:
+    """Euclidean projection of each row of ``v`` onto {α : Σ α = 1, 0 ≤ α ≤ cap}: α = clip(v − λ, 0, cap).
+
+    s(λ) = Σ clip(v − λ, 0, cap) is piecewise linear and non-increasing in λ with kinks at v_i and v_i − cap
+    (s = M·cap ≥ 1 at the smallest kink, 0 at the largest): λ is interpolated on the segment where s crosses 1."""
+    kinks = torch.cat([v, v - cap], dim=1).sort(dim=1).values
+    mass = (v.unsqueeze(1) - kinks.unsqueeze(2)).clamp(0, cap).sum(2)  # s at each kink, non-increasing
+    j = ((mass >= 1).sum(1, keepdim=True) - 1).clamp(0, kinks.shape[1] - 2)
+    k0, k1, s0, s1 = kinks.gather(1, j), kinks.gather(1, j + 1), mass.gather(1, j), mass.gather(1, j + 1)
+    shift = k0 + (s0 - 1) * (k1 - k0) / (s0 - s1).clamp_min(1e-30)
+    return (v - shift).clamp(0, cap)
 
 
 def min_norm_weights(gradients: torch.Tensor, cap: float, iterations: int = 300) -> torch.Tensor:
