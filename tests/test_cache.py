@@ -192,6 +192,58 @@ def test_topk_storage_trains_and_keeps_the_teachers_top_classes(tmp_path, tiny_o
     assert torch.equal(got.topk(3).indices, want.topk(3).indices)
 
 
+# ----------------------------------------------------------------- several teachers
+def _multi(tiny_overrides, teachers, method: str, cache, *extra):
+    listed = ", ".join(f"{{name: resnet8, checkpoint: '{t}'}}" for t in teachers)
+    return load_config(None, tiny_overrides + [f"method.name={method}", f"teachers=[{listed}]", f"run.teacher_cache={cache}", *extra])
+
+
+def _count_calls_per_teacher(trainer) -> list[int]:
+    calls = [0] * len(trainer.teachers)
+    for i, teacher in enumerate(trainer.teachers):
+        teacher.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["mtkd", "aekd"])
+def test_two_teacher_run_reads_one_cache_per_teacher_and_matches_uncached(tmp_path, tiny_overrides, teachers, method):
+    plain = Trainer(_multi(tiny_overrides, teachers, method, "off"), tmp_path / "plain")
+    assert plain.teacher_caches == []
+    plain_summary = plain.fit()
+
+    cold = Trainer(_multi(tiny_overrides, teachers, method, tmp_path / "cache"), tmp_path / "cold")
+    assert len(cold.teacher_caches) == 2 and cold.teacher_caches[0].folder != cold.teacher_caches[1].folder
+    cold_calls = _count_calls_per_teacher(cold)
+    cold_summary = cold.fit()
+    assert min(cold_calls) > 0
+    _close(_rows(cold.history), _rows(plain.history), rel=2e-3, abs_=1e-3)  # fp16 storage of the logits
+    assert cold_summary["ensemble_test_top1"] == plain_summary["ensemble_test_top1"]  # evaluation runs the teachers
+
+    warm = Trainer(_multi(tiny_overrides, teachers, method, tmp_path / "cache"), tmp_path / "warm")
+    warm_calls = _count_calls_per_teacher(warm)
+    warm.fit()
+    assert warm_calls == [len(warm.eval_loaders["test"])] * 2  # no training step ran a teacher: only the ensemble's test accuracy
+    assert _rows(warm.history) == _rows(cold.history)
+    caches = list_caches(tmp_path / "cache")
+    assert sorted(c["folder"] for c in caches) == sorted(str(c.folder) for c in cold.teacher_caches)
+
+
+def test_two_teacher_cached_run_resumed_mid_epoch_matches_the_uninterrupted_one(tmp_path, tiny_overrides, teachers, interrupt_at):
+    reference = Trainer(_multi(tiny_overrides, teachers, "aekd", tmp_path / "cache-a", "epochs=3"), tmp_path / "full").fit()
+    cfg = _multi(tiny_overrides, teachers, "aekd", tmp_path / "cache-b", "epochs=3")  # cold caches of their own
+    interrupt_at(Trainer(cfg, tmp_path / "cut"), 5)
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True).fit()
+    _close(_rows([resumed["last"], resumed["best"]]), _rows([reference["last"], reference["best"]]), rel=1e-5, abs_=1e-6)
+    assert resumed["ensemble_test_top1"] == reference["ensemble_test_top1"]
+
+
+def test_multi_teacher_feature_method_keeps_the_teacher_forwards(tmp_path, tiny_overrides, teachers):
+    assert Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto"), tmp_path / "auto").teacher_caches == []
+    with pytest.raises(DistillscopeError, match="method 'aekd_f' taps teacher features.*teacher_cache=off"):
+        Trainer(_multi(tiny_overrides, teachers, "aekd_f", tmp_path / "cache"), tmp_path / "dir")
+    assert len(Trainer(_multi(tiny_overrides, teachers, "mtkd", "auto"), tmp_path / "mtkd").teacher_caches) == 2
+
+
 # ----------------------------------------------------------------- refusals
 def test_mismatched_caches_are_refused(tmp_path, tiny_overrides, teachers):
     Trainer(_kd(tiny_overrides, teachers[0], tmp_path / "root", "epochs=1"), tmp_path / "a").fit()

@@ -213,7 +213,7 @@ def validate(config: Config) -> Config:
         if config.teacher is not None:
             raise DistillscopeError("config: give either teacher (one) or teachers (a list), not both")
         if not getattr(method, "multi_teacher", False):
-            raise DistillscopeError(f"config teachers: method '{name}' distils from one teacher; use method mtkd or aekd, or a single teacher section")
+            raise DistillscopeError(f"config teachers: method '{name}' distils from one teacher; use method mtkd, aekd or aekd_f, or a single teacher section")
         missing = [i for i, t in enumerate(config.teachers) if not t.checkpoint]
         if missing:
             raise DistillscopeError(f"config teachers[{missing[0]}].checkpoint: missing; each teacher needs a run folder or .safetensors")

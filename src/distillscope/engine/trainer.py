@@ -137,7 +137,9 @@ class Trainer:
         if self.trains_teacher:
             self.teacher.train().requires_grad_(True)
             trainable += list(self.teacher.parameters())
-        self.teacher_cache = self._open_teacher_cache()
+        self.teacher_cache = self._open_teacher_cache(self.cfg.teacher, self.teacher, self.teacher_taps)
+        caches = [self._open_teacher_cache(*t) for t in zip(self.cfg.teachers, self.teachers, self.teachers_taps)]
+        self.teacher_caches = caches if caches and None not in caches else []  # one per teacher, or none
         self.student_taps.model = self.dist.wrap(self.student, self.device)  # DDP runs the forward; the taps' hooks still fire
         in_ddp = {id(p) for p in self.student.parameters()}
         self.unwrapped_params = [p for p in trainable if id(p) not in in_ddp]
@@ -250,11 +252,12 @@ class Trainer:
             self.student.eval()
             student_shapes = {k: v.shape for k, v in self.student_taps(batch.images)[1].items()}
             self.student.train()
-            taps = self.teacher_taps or (self.teachers_taps[0] if self.teachers_taps else None)  # multi-teacher: the first one's
-            teacher_shapes = {k: v.shape for k, v in taps(batch.images)[1].items()} if taps and taps.taps else {}
+            teachers = self.teachers_taps or ([self.teacher_taps] if self.teacher_taps else [])
+            shapes = [{k: v.shape for k, v in taps(batch.images)[1].items()} if taps.taps else {} for taps in teachers]
+            teacher_shapes = shapes[0] if shapes else {}  # multi-teacher: the first one's (recorded with the run)
         index, targets = index_and_targets(self.data.train)
         info = TrainingInfo(self.data.num_classes, index, targets, self.cfg.epochs, len(self.train_loader))
-        self.method.build(student_shapes, teacher_shapes, info)
+        self.method.build(student_shapes, shapes if self.method.multi_teacher else teacher_shapes, info)  # multi-teacher: one mapping per teacher
         self.feature_shapes = {"student": {k: list(v) for k, v in student_shapes.items()}, "teacher": {k: list(v) for k, v in teacher_shapes.items()}}
         self.method.to(self.device)
 
@@ -275,17 +278,15 @@ class Trainer:
         for message in m.run_warnings:
             warn(f"method '{name}': {message}")
 
-    def _open_teacher_cache(self) -> TeacherCache | None:
-        """The teacher-output cache (``run.teacher_cache``), for a frozen teacher whose features no one taps."""
+    def _open_teacher_cache(self, spec, teacher, taps) -> TeacherCache | None:
+        """The teacher-output cache (``run.teacher_cache``) of one frozen teacher whose features no one taps."""
         setting, d = self.cfg.run.teacher_cache, self.cfg.data
-        if self.teachers and setting not in ("off", "auto"):
-            raise DistillscopeError(f"run.teacher_cache={setting}: a run with several teachers computes their logits each step (no cache yet); set run.teacher_cache=off")
-        if setting == "off" or self.teacher is None:
+        if setting == "off" or teacher is None:
             return None
         space = augmentation_space(d.pad, d.flip, d.augment)
         recorded = self.train_loader.plan(0)[1].keys()
         reason = (
-            f"method '{self.cfg.method['name']}' taps teacher features" if self.teacher_taps.taps
+            f"method '{self.cfg.method['name']}' taps teacher features" if taps.taps
             else f"method '{self.cfg.method['name']}' trains the teacher" if self.trains_teacher
             else f"the loader records augmentation fields {sorted(recorded)}, not the cache's {list(space)}" if recorded != space.keys()
             else None
@@ -294,7 +295,7 @@ class Trainer:
             if setting == "auto":
                 return None
             raise DistillscopeError(f"run.teacher_cache={setting}: {reason}, but the cache holds the logits of a frozen teacher only; set run.teacher_cache=off")
-        key = cache_key(self.cfg.teacher.name, self.teacher, self.data, space, self.precision_name, self.cfg.run.teacher_cache_topk)
+        key = cache_key(spec.name, teacher, self.data, space, self.precision_name, self.cfg.run.teacher_cache_topk)
         root = default_cache_root() if setting == "auto" else Path(setting)
         return TeacherCache.open(root, key, self.device, index_and_targets(self.data.train)[0])
 
@@ -307,10 +308,13 @@ class Trainer:
         )
         if why:
             raise DistillscopeError(f"run.cuda_graph=true needs one CUDA process in fp32 or bf16, not {why}; set run.cuda_graph=false")
-        return GraphedStep(lambda batch, epoch: self._train_step(batch, epoch), self.device, ready=lambda: self.teacher_cache is None or self.teacher_cache.complete)
+        caches = [c for c in (self.teacher_cache, *self.teacher_caches) if c is not None]
+        return GraphedStep(lambda batch, epoch: self._train_step(batch, epoch), self.device, ready=lambda: all(c.complete for c in caches))
 
     # ----------------------------------------------------------------- training
     def _teacher_outputs(self, batch) -> Outputs | list[Outputs] | None:
+        if self.teacher_caches:  # several frozen teachers, logits only: each read from its own cache
+            return [Outputs(cache.logits(batch, lambda images, t=t: self._frozen_teacher(images, t))) for cache, t in zip(self.teacher_caches, self.teachers)]
         if self.teachers_taps:
             with torch.no_grad():
                 return [Outputs(*taps(batch.images)) for taps in self.teachers_taps]
@@ -326,9 +330,9 @@ class Trainer:
             logits, features = self.teacher_taps(batch.images)
         return Outputs(logits, features)
 
-    def _frozen_teacher(self, images: torch.Tensor) -> torch.Tensor:
+    def _frozen_teacher(self, images: torch.Tensor, teacher: torch.nn.Module | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return self.teacher(images)
+            return (self.teacher if teacher is None else teacher)(images)
 
     def _train_step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None, cache_enabled=not self.cfg.run.cuda_graph):

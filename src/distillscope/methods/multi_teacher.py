@@ -18,12 +18,29 @@ one per teacher, each already SFKD-masked when ``mask`` is set (paper 003, Table
   each sample's g_m; ``weights: batch`` once per step for the batch-mean gradients, as the authors' released
   code does (there the problem is the dual of a one-class SVM on the Gram matrix G Gᵀ, ν = 1/(C·M)). We solve
   the small quadratic programme by projected gradient descent onto the capped simplex (step 1/(2 λ_max(G Gᵀ))).
-  AEKD's feature variant (AEKD-F) is not implemented.
+- ``aekd_f``: AEKD-F, AEKD with its feature term ("hint" distillation with AEKD weights), as the authors' code
+  (github.com/AnTuo1998/AE-KD, ``helper/loops.py``, ``--distill hint --ensemble_method AEKD``) defines it and
+  as CA-MKD reports it ("AEKD-feature"); SFKD paper 003 Table 7 uses it as "SFKD + AEKD-F". On one student map
+  f (default ``stage:mid``, the authors' ``hint_layer=2``: the second stage's output) each teacher m has its own
+  regressor r_m (FitNets' conv regressor as RepDistiller builds it: conv to the teacher's channels and grid,
+  BN, ReLU) and the hint loss H_m = mean((r_m(f) − f_t,m)²) (MSE over all entries). The feature weights come
+  from the gradients g_m = ∂H_m/∂f in the student's feature space (through r_m), once per step: their batch
+  mean ḡ_m (a C·H·W vector) is scaled to unit length (the authors' solver normalises here, not for logits),
+  β = argmin ‖Σ_m β_m ḡ_m/‖ḡ_m‖‖² on the same capped simplex (Σ β = 1, 0 ≤ β ≤ C), and mapped back,
+  α_m = (β_m/‖ḡ_m‖) / Σ_k β_k/‖ḡ_k‖ (so Σ α_m ḡ_m points along the min-norm direction; α may exceed C).
+  The logit and feature weights are solved separately; the loss is
+  ``ce_weight``·CE + ``kd_weight``·Σ_m a_m T² KL_m (the ``aekd`` term) + ``hint_weight``·Σ_m α_m H_m,
+  both weight vectors held constant. Differences from the authors' script: their loop leaves the feature term
+  out in the first epoch; here it is on from the start. With ``method.mask.features`` each teacher's map is
+  SFKD-masked before its H_m (the base class masks every teacher's outputs).
+
+Multi-teacher methods get one feature-shape mapping per teacher in :meth:`build` (a list, in ``teachers`` order).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import DistillscopeError
 from .base import DistillMethod
@@ -35,15 +52,17 @@ def ensemble_probabilities(teacher_logits: list[torch.Tensor], temperature: floa
     return torch.stack([F.softmax(t.float() / temperature, dim=1) for t in teacher_logits]).mean(0)
 
 
-def project_capped_simplex(v: torch.Tensor, cap: float, iterations: int = 60) -> torch.Tensor:
-    """Euclidean projection of each row of ``v`` onto {α : Σ α = 1, 0 ≤ α ≤ cap}: α = clip(v − λ, 0, cap),
-    with the shift λ found by bisection (Σ clip(v − λ, 0, cap) falls monotonically in λ)."""
-    low, high = v.min(1, keepdim=True).values - cap, v.max(1, keepdim=True).values
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        too_much = (v - mid).clamp(0, cap).sum(1, keepdim=True) > 1
-        low, high = torch.where(too_much, mid, low), torch.where(too_much, high, mid)
-    return (v - (low + high) / 2).clamp(0, cap)
+def project_capped_simplex(v: torch.Tensor, cap: float) -> torch.Tensor:
+    """Euclidean projection of each row of ``v`` onto {α : Σ α = 1, 0 ≤ α ≤ cap}: α = clip(v − λ, 0, cap).
+
+    s(λ) = Σ clip(v − λ, 0, cap) is piecewise linear and non-increasing in λ with kinks at v_i and v_i − cap
+    (s = M·cap ≥ 1 at the smallest kink, 0 at the largest): λ is interpolated on the segment where s crosses 1."""
+    kinks = torch.cat([v, v - cap], dim=1).sort(dim=1).values
+    mass = (v.unsqueeze(1) - kinks.unsqueeze(2)).clamp(0, cap).sum(2)  # s at each kink, non-increasing
+    j = ((mass >= 1).sum(1, keepdim=True) - 1).clamp(0, kinks.shape[1] - 2)
+    k0, k1, s0, s1 = kinks.gather(1, j), kinks.gather(1, j + 1), mass.gather(1, j), mass.gather(1, j + 1)
+    shift = k0 + (s0 - 1) * (k1 - k0) / (s0 - s1).clamp_min(1e-30)
+    return (v - shift).clamp(0, cap)
 
 
 def min_norm_weights(gradients: torch.Tensor, cap: float, iterations: int = 300) -> torch.Tensor:
@@ -107,3 +126,65 @@ class AdaptiveEnsembleKD(DistillMethod):
         log_p_s = F.log_softmax(student.logits.float() / self.T, dim=1)
         per_teacher = torch.stack([F.kl_div(log_p_s, F.softmax(t.float() / self.T, dim=1), reduction="none").sum(1) for t in logits], dim=1)
         return {"kd": self.kd_weight * (alpha * per_teacher).sum(1).mean() * self.T**2}
+
+
+def hint_regressor(student_shape, teacher_shape) -> nn.Module:
+    """FitNets' regressor as RepDistiller's ``ConvReg`` (used by the AEKD authors) builds it: conv from the student's
+    to the teacher's channels -- 3×3 stride 2 when the student's grid is twice the teacher's, 4×4 stride-2
+    transposed when it is half, otherwise a valid conv of kernel 1 + (student − teacher size) -- then BN, ReLU."""
+    if len(student_shape) != 4 or len(teacher_shape) != 4:
+        raise DistillscopeError(f"method aekd_f: the hint taps must be 4-D maps (N, C, H, W), got student {list(student_shape)} and teacher {list(teacher_shape)}; tap a stage")
+    (_, s_c, s_h, s_w), (_, t_c, t_h, t_w) = student_shape, teacher_shape
+    if (s_h, s_w) == (2 * t_h, 2 * t_w):
+        conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
+    elif (2 * s_h, 2 * s_w) == (t_h, t_w):
+        conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1)
+    elif s_h >= t_h and s_w >= t_w:
+        conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
+    else:
+        raise DistillscopeError(f"method aekd_f: the student map is {s_h}×{s_w} but a teacher's is {t_h}×{t_w}; tap a student stage at least as large (or half as large)")
+    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
+
+
+@register_method("aekd_f")
+class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
+    """AEKD-F: ``aekd`` on the logits plus a hint term with AEKD weights in the student's feature space (module docstring).
+
+    Defaults: the ``aekd`` ones, the middle stage on both sides and ``hint_weight`` 100 (the authors' ``-b``,
+    as FitNets in RepDistiller). ``weights`` applies to the logit term; feature weights are one per step.
+    """
+
+    def __init__(self, T: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, label_smoothing: float = 0.0, C: float = 0.6,
+                 weights: str = "sample", hint_weight: float = 100.0, student_tap: str = "stage:mid", teacher_tap: str = "stage:mid"):
+        super().__init__(T=T, kd_weight=kd_weight, ce_weight=ce_weight, label_smoothing=label_smoothing, C=C, weights=weights)
+        self.hint_weight, self.student_tap, self.teacher_tap = hint_weight, student_tap, teacher_tap
+        self.regressors = nn.ModuleList()
+        self.last_feature_weights: torch.Tensor | None = None  # (M,) of the latest step, for inspection
+
+    def taps(self, student, teacher):
+        return {"hint": self.student_tap}, {"hint": self.teacher_tap}
+
+    def build(self, student_shapes, teacher_shapes, info):
+        self.regressors = nn.ModuleList(hint_regressor(student_shapes["hint"], shapes["hint"]) for shapes in teacher_shapes)
+
+    def feature_weights(self, gradients: torch.Tensor) -> torch.Tensor:
+        """α (M,) from the per-teacher gradients ∂H_m/∂f, shape (M, B, ...): batch means, unit-normalised, min-norm β, α_m ∝ β_m/‖ḡ_m‖."""
+        mean = gradients.detach().double().flatten(2).mean(1)
+        norm = mean.norm(dim=1).clamp_min(1e-30)
+        alpha = min_norm_weights((mean / norm[:, None]).unsqueeze(0), self.C)[0] / norm
+        return (alpha / alpha.sum()).float()
+
+    def distill_losses(self, student, teacher, batch, epoch):
+        if len(teacher) != len(self.regressors):
+            raise DistillscopeError(f"method aekd_f: built for {len(self.regressors)} teachers but got {len(teacher)}")
+        losses = super().distill_losses(student, teacher, batch, epoch)
+        feature = student.features["hint"]
+        with torch.enable_grad():  # the weights need ∂H_m/∂f also when the losses are evaluated without gradients
+            if not feature.requires_grad:
+                feature = feature.detach().requires_grad_()
+            hints = torch.stack([F.mse_loss(r(feature).float(), t.features["hint"].float()) for r, t in zip(self.regressors, teacher)])
+            gradients = torch.stack([torch.autograd.grad(h, feature, retain_graph=True)[0] for h in hints])
+        alpha = self.feature_weights(gradients)
+        self.last_feature_weights = alpha
+        losses["hint"] = self.hint_weight * (alpha * hints).sum()
+        return losses
