@@ -169,3 +169,10 @@ def normalize(
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
     out = ((images.float() - mean_t) / std_t).to(dtype)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The uint8 (N, C, H, W) batch that :func:`normalize` made ``images`` from (exact for float32 images)."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() * std_t + mean_t).round_().clamp_(0, 255).to(torch.uint8)

@@ -10,6 +10,7 @@ exactly where the run stopped: data order, augmentation and RNG state are replay
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import Config, from_dict
-from ..data import Loader, index_and_targets, load_data, same_data
+from ..data import Loader, denormalize, index_and_targets, load_data, normalize, same_data
 from ..errors import DistillscopeError, warn
 from ..methods import Outputs, TrainingInfo, create_method
 from ..models import FeatureTaps, create_model
@@ -92,6 +93,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def view_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of a method's extra view at ``step`` of ``epoch`` (independent streams per key)."""
+    key = hashlib.sha256(f"extra-view/{seed}/{epoch}/{step}/{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
 
 def _training_config(cfg: dict) -> dict:
@@ -301,7 +308,8 @@ class Trainer:
 
     def _graphed_step(self) -> GraphedStep:
         why = (
-            f"run.device={self.device}" if self.device.type != "cuda"
+            f"method '{self.cfg.method['name']}', which draws a new extra view on the host every step" if self.method.needs_extra_view
+            else f"run.device={self.device}" if self.device.type != "cuda"
             else f"{self.dist.world} processes" if self.dist.enabled
             else "run.precision=fp16 (its gradient scaler reads the device every step)" if self.scaler.is_enabled()
             else None
@@ -330,14 +338,36 @@ class Trainer:
             logits, features = self.teacher_taps(batch.images)
         return Outputs(logits, features)
 
+    def _extra_view(self, batch, epoch: int) -> torch.Tensor:
+        """The method's extra view of the batch, normalised like the batch (made outside autocast)."""
+        pixels = denormalize(batch.images, self.data.mean, self.data.std)
+        view = self.method.extra_view(pixels, view_generator(self.cfg.seed, epoch, self.step_in_epoch, self.dist.rank))
+        return normalize(view, self.data.mean, self.data.std, channels_last=self.cfg.run.channels_last)
+
+    def _add_views(self, student: Outputs, teacher, images: torch.Tensor) -> None:
+        """Run the student (with gradient) and the teacher(s) on ``images``; set their outputs' ``view``.
+        The teacher cache holds crop+flip views only, so the teacher always runs here."""
+        student.view = Outputs(*self.student_taps(images))
+        if isinstance(teacher, list):
+            with torch.no_grad():
+                for outputs, taps in zip(teacher, self.teachers_taps):
+                    outputs.view = Outputs(*taps(images))
+        elif teacher is not None and self.teacher_taps is not None:
+            with torch.set_grad_enabled(self.trains_teacher):
+                teacher.view = Outputs(*self.teacher_taps(images))
+
     def _frozen_teacher(self, images: torch.Tensor, teacher: torch.nn.Module | None = None) -> torch.Tensor:
         with torch.no_grad():
             return (self.teacher if teacher is None else teacher)(images)
 
     def _train_step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        view = self._extra_view(batch, epoch) if self.method.needs_extra_view else None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None, cache_enabled=not self.cfg.run.cuda_graph):
             logits, features = self.student_taps(batch.images)
-            losses = self.method(Outputs(logits, features), self._teacher_outputs(batch), batch, epoch)
+            student, teacher = Outputs(logits, features), self._teacher_outputs(batch)
+            if view is not None:
+                self._add_views(student, teacher, view)
+            losses = self.method(student, teacher, batch, epoch)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()

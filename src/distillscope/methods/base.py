@@ -12,6 +12,10 @@ Every method also accepts ``mask`` (SFKD salient masking, :mod:`.sfkd`): :meth:`
 teacher's outputs once per step, before :meth:`distill_losses` sees them, so no method handles it.
 Multi-teacher methods (``multi_teacher = True``, :mod:`.multi_teacher`) get a list of ``Outputs``, one per
 teacher, and the mask is applied to each before the method combines them.
+
+A method that wants a second view of every batch (e.g. MLKD's strongly augmented one) sets
+``needs_extra_view`` and defines :meth:`extra_view`; the trainer runs the student (with gradient) and the
+teacher(s) on that view too and hands their outputs over as ``student.view`` and ``teacher.view``.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class Outputs:
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    view: Outputs | None = None  # the same model on the method's extra view (``needs_extra_view``)
 
 
 class DistillMethod(nn.Module):
@@ -57,6 +62,7 @@ class DistillMethod(nn.Module):
     freeze_teacher: bool = True
     multi_teacher: bool = False  # takes ``teachers: [...]``; ``teacher`` is then a list of Outputs, one per teacher
     needs_pairs: bool = False  # the loader attaches ``batch.pair`` (rows from :meth:`pair_rows`); see forward
+    needs_extra_view: bool = False  # the trainer runs the models on :meth:`extra_view` too (``Outputs.view``)
     prediction_split: str | None = None  # "train" | "val" | "test": see :meth:`on_predictions`
     run_warnings: tuple[str, ...] = ()  # printed by the trainer and recorded in the run's summary
 
@@ -116,6 +122,15 @@ class DistillMethod(nn.Module):
         gradient (train mode) and passes those outputs as ``teacher`` to :meth:`forward`.
         """
         raise NotImplementedError(f"{type(self).__name__} sets needs_pairs but does not define pair_rows")
+
+    def extra_view(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """With ``needs_extra_view``: a second uint8 view (N, C, H, W) of the step's batch, made from ``pixels``,
+        the batch's uint8 images as the loader augmented them. ``generator`` (CPU) is seeded by the run's seed,
+        the epoch, the step in the epoch and the process rank, so replays and resumes are exact. The trainer
+        normalises the view, runs the student on it with gradient and the teacher(s) as on the batch (a frozen
+        teacher without; never from the teacher cache), and sets ``student.view`` / ``teacher.view``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets needs_extra_view but does not define extra_view")
 
     def wants_predictions(self, epoch: int) -> bool:
         """Whether :meth:`on_predictions` is needed after ``epoch`` (skips a pass when it is not)."""

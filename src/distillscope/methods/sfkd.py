@@ -78,7 +78,8 @@ class SalientMask:
     logits_fill: float = 0.0
 
     def __call__(self, teacher):
-        """A masked copy of the teacher's :class:`~distillscope.methods.base.Outputs` (the input is not modified)."""
+        """A masked copy of the teacher's :class:`~distillscope.methods.base.Outputs` and of its extra ``view``
+        (the input is not modified)."""
         if self.features is not None and not teacher.features:
             raise DistillscopeError("method.mask.features: this method taps no teacher features; mask its logits instead (method.mask.logits)")
         if self.attention is not None and not any(f.dim() == 4 for f in teacher.features.values()):
@@ -93,7 +94,7 @@ class SalientMask:
             if self.features is not None:
                 feature = mask_entries(feature, self.features, self.rank)
             features[name] = feature
-        return type(teacher)(logits, features)
+        return type(teacher)(logits, features, None if teacher.view is None else self(teacher.view))
 
 
 def parse_mask(config: dict | None) -> SalientMask | None:
