@@ -306,3 +306,31 @@ def test_imports_are_passed_on_to_every_run(tmp_path):
     run = SweepRun("r-s0", Path("c.yaml"), 0, {}, [], {}, [], tmp_path / "r-s0", imports=["my_models.py"])
     command = run.command(threads=1)
     assert command[command.index("--import") + 1] == "my_models.py" and command.index("--import") < command.index("train")
+
+
+def test_gpus_go_to_the_least_busy_one_and_runs_see_only_theirs(tmp_path, monkeypatch):
+    from distillscope import sweep
+    from distillscope.sweep import SweepRun, _Scheduler, parse_gpus
+
+    started = []
+
+    class FakeProcess:
+        def __init__(self, command, env, **kwargs):
+            started.append(env.get("CUDA_VISIBLE_DEVICES"))
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", FakeProcess)
+    runs = [SweepRun(f"r-s{i}", Path("c.yaml"), i, {}, [], {}, [], tmp_path / f"r-s{i}") for i in range(5)]
+    scheduler = _Scheduler(runs, tmp_path, workers=3, threads=1, pass_fds=(), echo=lambda text: None, gpus=parse_gpus("0,1"))
+    scheduler.logs.mkdir()
+    scheduler._start_ready()
+    assert started == ["0", "1", "0"]  # three workers on two GPUs: GPU 0 runs two
+    scheduler.running.pop("r-s1"), scheduler.gpu_of.pop("r-s1")  # the run on GPU 1 finished
+    scheduler._start_ready()
+    assert started[3] == "1" and scheduler.gpu_of == {"r-s0": "0", "r-s2": "0", "r-s3": "1"}
+    assert parse_gpus(None) == [] and parse_gpus(" 3") == ["3"]
+    for bad in ("0,0", "a", "0,"):
+        with pytest.raises(DistillscopeError, match="--gpus"):
+            parse_gpus(bad)

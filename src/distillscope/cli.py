@@ -89,7 +89,7 @@ def _cmd_sweep(args) -> int:
 
     try:
         run_sweep(args.configs, args.seeds, args.grid, args.set, args.out, args.workers, args.threads, args.dry_run,
-                  imports=args.imports + args.command_imports)
+                  imports=args.imports + args.command_imports, gpus=args.gpus)
     except SweepInterrupted as err:
         print(f"distillscope: {err}", file=sys.stderr)
         return 130
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override for every run (or one recipe's), e.g. --set 'kd:teacher.checkpoint=runs/t-s{seed}'")
     p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
+    p.add_argument("--gpus", help="GPU indices, e.g. 0 or 0,1: each run gets the least busy one (--workers 4 --gpus 0: four runs share GPU 0)")
     p.add_argument("--out", required=True, help="folder for the run folders, logs/ and table.md/table.csv")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands, run nothing")
     p.set_defaults(func=_cmd_sweep)

@@ -302,6 +302,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def parse_gpus(gpus: str | None) -> list[str]:
+    """``"0,1"`` -> ``["0", "1"]`` (GPU indices as ``CUDA_VISIBLE_DEVICES`` takes them); ``None`` -> ``[]``."""
+    if gpus is None:
+        return []
+    ids = [part.strip() for part in str(gpus).split(",")]
+    if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+        raise DistillscopeError(f"--gpus '{gpus}': give distinct GPU indices, e.g. --gpus 0 or --gpus 0,1")
+    return ids
+
+
 def split_threads(workers: int, cores: int, threads: int | None = None) -> int:
     """Torch threads per run: ``threads`` when given, else ``cores // workers`` (at least 1)."""
     if workers < 1:
@@ -350,7 +360,7 @@ def _result_text(folder: Path) -> str:
 class _Scheduler:
     """Starts runs (those others wait for first), reaps them, reports, forwards signals."""
 
-    def __init__(self, runs: list[SweepRun], out: Path, workers: int, threads: int, pass_fds: tuple, echo):
+    def __init__(self, runs: list[SweepRun], out: Path, workers: int, threads: int, pass_fds: tuple, echo, gpus: list[str] = ()):
         needed = {dep for run in runs for dep in run.depends_on}
         self.todo = sorted((r for r in runs if r.state != "finished"), key=lambda r: r.name not in needed)
         self.total = len(self.todo)
@@ -361,6 +371,7 @@ class _Scheduler:
         self.durations: dict[str, list[float]] = {}  # group -> seconds, runs finished in this sweep
         self.out, self.logs, self.workers, self.threads, self.pass_fds, self.echo = out, out / "logs", workers, threads, pass_fds, echo
         self.env = _worker_env(threads)
+        self.gpus, self.gpu_of = list(gpus), {}  # name of a running run -> the GPU it was given
         self.signals = self.forwarded = 0
 
     def run(self) -> None:
@@ -395,14 +406,19 @@ class _Scheduler:
         command = run.command(self.threads)
         run.folder.mkdir(parents=True, exist_ok=True)
         run.write_record()
+        env, on = self.env, ""
+        if self.gpus:  # the GPU running the fewest runs; the run sees it as its only device
+            gpu = min(self.gpus, key=lambda g: sum(used == g for used in self.gpu_of.values()))
+            env, on = dict(self.env, CUDA_VISIBLE_DEVICES=gpu), f" on GPU {gpu}"
+            self.gpu_of[run.name] = gpu
         with open(self.logs / f"{run.name}.log", "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} sweep {action}: {shlex.join(command)}\n")
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} sweep {action}{on}: {shlex.join(command)}\n")
             log.flush()
             proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True, pass_fds=self.pass_fds,
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=self.pass_fds,
             )
         self.running[run.name] = (run, proc, time.monotonic())
-        self.echo(f"{action:<6} {run.name}")
+        self.echo(f"{action:<6} {run.name}{on}")
 
     def _reap(self) -> None:
         for name, (run, proc, started) in list(self.running.items()):
@@ -410,6 +426,7 @@ class _Scheduler:
             if code is None:
                 continue
             del self.running[name]
+            self.gpu_of.pop(name, None)
             seconds = time.monotonic() - started
             count = f"[{self.total - len(self.todo) - len(self.running)}/{self.total}]"
             if (run.folder / "summary.json").is_file():  # written last: the run finished, whatever the exit
@@ -516,25 +533,29 @@ def _sweep_lock(out: Path):
 
 
 def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str | Path = "runs/sweep", workers: int = 1,
-              threads: int | None = None, dry_run: bool = False, echo=_print, imports: list[str] = ()) -> list[dict]:
+              threads: int | None = None, dry_run: bool = False, echo=_print, imports: list[str] = (), gpus: str | None = None) -> list[dict]:
     """Train every (config × grid point × seed) run into ``out`` and return the finished runs' summaries.
 
     ``grid``: ``["method.T=2,4,8", "kd:optim.lr=0.05,0.1"]`` or ``{"method.T": [2, 4, 8]}``; ``sets``:
     ``["optim.lr=0.1"]`` or ``{"optim.lr": 0.1}``; a ``CONFIG:`` prefix (the file's stem) limits an entry
     to one config. ``{seed}`` and ``{KEY}`` of a grid key in a value are filled per run. ``imports`` (modules
-    or ``.py`` files registering the user's models) are passed to every run as ``--import``. Writes
+    or ``.py`` files registering the user's models) are passed to every run as ``--import``. ``gpus``
+    (``"0,1"``): each run gets the GPU running the fewest runs, alone in its ``CUDA_VISIBLE_DEVICES``, so
+    ``workers`` above the GPU count puts several runs on one GPU (small-batch runs leave most of a GPU idle). Writes
     ``out/table.md`` and ``out/table.csv``. Raises :class:`SweepInterrupted` after SIGINT/SIGTERM and
     :class:`SweepFailed` (with ``.summaries``) when runs failed or were skipped.
     """
     out = Path(out)
+    gpu_ids = parse_gpus(gpus)
     runs = plan_sweep(configs, seeds, grid, sets, out)
     for run in runs:
         run.imports = list(imports)
     cores = available_cores()
     threads = split_threads(workers, cores, threads)
     states = Counter(run.state for run in runs)
+    on_gpus = f" sharing GPU(s) {','.join(gpu_ids)}" if gpu_ids else ""
     echo(f"sweep {out}: {len(runs)} runs ({states['finished']} finished, {states['resume']} to resume, {states['new']} to start); "
-         f"{workers} worker(s) × {threads} thread(s) on {cores} cores; logs in {out / 'logs'}")
+         f"{workers} worker(s) × {threads} thread(s) on {cores} cores{on_gpus}; logs in {out / 'logs'}")
     if workers * threads > cores:
         echo(f"warning: {workers} workers × {threads} threads > {cores} cores: runs will slow each other down")
     if dry_run:
@@ -544,7 +565,7 @@ def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str |
         return []
 
     with _sweep_lock(out) as pass_fds:
-        scheduler = _Scheduler(runs, out, workers, threads, pass_fds, echo)
+        scheduler = _Scheduler(runs, out, workers, threads, pass_fds, echo, gpu_ids)
         with _count_signals(scheduler):
             scheduler.run()
     if scheduler.signals and (scheduler.todo or scheduler.stopped):
