@@ -179,6 +179,13 @@ def test_adi_refusals_and_cli(tmp_path, teacher_file, capsys):
     save_checkpoint(other, prefixed("model", create_model("resnet8", num_classes=3).state_dict()), {"model": "resnet8", "num_classes": 3})
     with pytest.raises(DistillscopeError, match="3 classes and the teacher 4"):
         synthesize(teacher_file, tmp_path / "c", _adi(student_arch=None, student=str(other)), progress=False)
+    trained = tmp_path / "trained.safetensors"  # a trained student run: its weights are where the student starts
+    torch.manual_seed(5)
+    weights = create_model("resnet8", num_classes=CLASSES).state_dict()
+    save_checkpoint(trained, prefixed("model", weights), {"model": "resnet8", "num_classes": CLASSES})
+    synthesize(teacher_file, tmp_path / "e", _adi(n=4, student_arch=None, student=str(trained), student_steps=0), progress=False)
+    kept, _ = load_checkpoint(tmp_path / "e" / "done" / "b0")
+    assert torch.equal(kept["model.fc.weight"], weights["fc.weight"])  # 0 KD steps: the run's weights, unchanged
     args = ["synthesize", str(teacher_file), "--n", "4", "--batch-size", "4", "--steps", "1", "--size", "8", "--device", "cpu", "--mode", "adi",
             "--student-arch", "resnet8", "--student-steps", "1", "--competition-weight", "5"]
     assert main(args + ["--out", str(tmp_path / "cli")]) == 0

@@ -21,10 +21,11 @@ temperature the authors report for CIFAR-10). Their code instead takes KL(m ‖ 
 [0.01, 0.99]; we follow the paper's equation. The student starts fresh (a zoo model; the authors' CIFAR-10
 students start untrained) or from a run folder, and learns as images are made: after each finished batch it
 takes ``student_steps`` SGD steps (momentum 0.9, weight decay 5e-4) of KD, τ² KL(p_T ‖ p_S), on mini-batches
-of ``batch_size`` drawn uniformly from every image made so far (the paper's Table 1: one new batch every 50 KD
-iterations, merged into the set made so far), read back as the saved 8-bit images. α_c defaults to 10, our
-reading of the paper's CIFAR-10 setting (§4.1); the authors' public CIFAR-10 script uses 0.01 and their
-ImageNet README 0.2.
+of ``batch_size`` drawn uniformly from every image made so far, as saved (8-bit), so that a resumed run sees
+what an uninterrupted one does (the paper's Table 1 caption, quoted in NVlabs/DeepInversion issue 6: one new
+batch every 50 KD iterations, merged into the set made so far). The default α_c = 10 is the paper's CIFAR-10
+value as we recall it (§4.1), not checked against a source at hand; the authors' public CIFAR-10 script
+defaults to 0.01 and their ImageNet README gives 0.2. The authors' public code has no student training.
 
 Modes: ``deepinversion``; ``adi``; ``deepdream`` (β_BN = 0, the paper's DeepDream floor); ``noise`` (N(0,1)
 images in the teacher's normalised space, no optimisation).
@@ -273,6 +274,14 @@ def _image_path(out: Path, folders: list[str], batch: int, i: int, target: int) 
     return out / "train" / folders[target] / f"b{batch:05d}_{i:04d}.png"
 
 
+def _read_images(out: Path, folders: list[str], batches: int, batch_size: int, pool: torch.Tensor) -> None:
+    """Fill ``pool`` (uint8, (N, 3, H, W)) with the saved images of the first ``batches`` (full) batches."""
+    for b in range(batches):
+        for i, target in enumerate(batch_targets(b, batch_size, batch_size, len(folders)).tolist()):
+            image = np.array(Image.open(_image_path(out, folders, b, i, target)).convert("RGB"))
+            pool[b * batch_size + i] = torch.from_numpy(image).permute(2, 0, 1)
+
+
 def synthesize(teacher_path: str | Path, out: str | Path, settings: SynthesisSettings, device: str = "cpu", progress: bool = True) -> Path:
     """Write the data set of ``settings.n`` images from the teacher at ``teacher_path`` into ``out``; returns ``out``."""
     from .engine import load_model
@@ -308,9 +317,7 @@ def synthesize(teacher_path: str | Path, out: str | Path, settings: SynthesisSet
         targets = batch_targets(b, count, s.batch_size, num_classes)
         if adi and student_after != b - 1:  # resuming: the student and the images as they were after batch b - 1
             _restore_student(done / f"b{b - 1}", student, optimizer, device)
-            for bb in range(b):
-                for i, target in enumerate(batch_targets(bb, s.batch_size, s.batch_size, num_classes).tolist()):
-                    pool[bb * s.batch_size + i] = torch.from_numpy(np.array(Image.open(_image_path(out, folders, bb, i, target)).convert("RGB"))).permute(2, 0, 1)
+            _read_images(out, folders, b, s.batch_size, pool)
         generator = torch.Generator().manual_seed(s.seed * 1_000_003 + b)
         images = to_uint8(synthesize_batch(teacher, targets, s, generator, device, student if adi else None), state["mean"], state["std"])
         for i, (image, target) in enumerate(zip(images, targets.tolist())):
