@@ -220,7 +220,9 @@ def _cmd_synthesize(args) -> None:
     from .synthesize import SynthesisSettings, synthesize
 
     settings = SynthesisSettings(n=args.n, mode=args.mode, batch_size=args.batch_size, steps=args.steps, lr=args.lr, bn_weight=args.bn_weight,
-                                 tv_weight=args.tv_weight, l2_weight=args.l2_weight, ce_weight=args.ce_weight, size=args.size, seed=args.seed)
+                                 tv_weight=args.tv_weight, l2_weight=args.l2_weight, ce_weight=args.ce_weight, size=args.size, seed=args.seed,
+                                 student_arch=args.student_arch, student=args.student, competition_weight=args.competition_weight,
+                                 temperature=args.temperature, student_steps=args.student_steps, student_lr=args.student_lr)
     out = synthesize(args.teacher, args.out, settings, device=pick_device(args.device))
     print(f"{args.n} images in {out / 'train'} (grid: {out / 'grid.png'}); train on them with data.spec=folder:{out}")
 
@@ -405,11 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip the HTML report of the KD student at the end")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("synthesize", help="data-free training images from a teacher (DeepInversion; noise/DeepDream floors); re-run resumes")
+    p = sub.add_parser("synthesize", help="data-free training images from a teacher (DeepInversion, ADI with a student; noise/DeepDream floors); re-run resumes")
     p.add_argument("teacher", help="teacher run folder or .safetensors")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--out", required=True, help="output folder (DIR/train, DIR/test, DIR/grid.png); re-run with the same settings to resume")
-    p.add_argument("--mode", default="deepinversion", choices=["deepinversion", "deepdream", "noise"])
+    p.add_argument("--mode", default="deepinversion", choices=["deepinversion", "adi", "deepdream", "noise"],
+                   help="adi: DeepInversion plus a competition with a student KD-trained on the images as they are made (needs --student-arch or --student)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=2000, help="Adam steps per batch")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate on the images")
@@ -419,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy to the target classes")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--student-arch", help="adi: a fresh zoo student, e.g. resnet8")
+    p.add_argument("--student", help="adi: a trained student run folder or .safetensors to start from")
+    p.add_argument("--competition-weight", type=float, default=10.0, help="adi: weight α_c of the competition term 1 - JS(p_T, p_S)")
+    p.add_argument("--temperature", type=float, default=3.0, help="adi: softmax temperature of the JS term and of the student's KD")
+    p.add_argument("--student-steps", type=int, default=50, help="adi: student KD steps after each batch, on mini-batches of every image made so far")
+    p.add_argument("--student-lr", type=float, default=0.05, help="adi: the student's SGD learning rate (momentum 0.9, weight decay 5e-4)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_synthesize)
 
