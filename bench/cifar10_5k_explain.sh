@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The explain-side results of docs/results.md (FSS/RS per layer, interaction tensor, information plane, the
+# HTML report) on the runs of bench/cifar10_5k_sweep.sh; run from the repository root after that sweep.
+# Each step writes a new folder under runs/c10k-explain and is skipped when that folder is complete.
+set -euo pipefail
+R=runs/c10k O=runs/c10k-explain D=cifar10:../shared/datasets/cifar10-5k/cifar-10-batches-py
+mkdir -p $O
+seeds() { echo "$R/$1-s0,$R/$1-s1,$R/$1-s2"; }
+for s in 0 1 2; do  # FSS/RS of the KD student against its teacher and its CE base, per stage, clean and ROAD-LeRF
+  [ -f $O/scores-s$s/summary.md ] || { rm -rf $O/scores-s$s; distillscope explain --student $R/resnet8_kd-s$s \
+    --teacher $R/wrn_40_2-s$s --base $R/resnet8_ce-s$s --only cam --layers stage:0 stage:1 stage:2 --labels text --out $O/scores-s$s; }
+done
+[ -f $O/interaction/interaction.json ] || { rm -rf $O/interaction; distillscope interaction --group ce=$(seeds resnet8_ce) \
+  --group kd=$(seeds resnet8_kd) --group teacher=$(seeds wrn_40_2) --data $D --out $O/interaction; }
+[ -f $O/infoplane/infoplane.json ] || { rm -rf $O/infoplane; distillscope infoplane $R/resnet8_ce-s0 $R/resnet8_kd-s0 \
+  $R/resnet8_sfkd_kd-s0 --data $D --layers stage:1 stage:2 embedding --out $O/infoplane; }
+[ -f $O/report/report.html ] || { rm -rf $O/report; /usr/bin/time -v distillscope explain --group kd=$(seeds resnet8_kd) \
+  --group base=$(seeds resnet8_ce) --group teacher=$(seeds wrn_40_2) --labels text --out $O/report 2> $O/report-time.txt; }
