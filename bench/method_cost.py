@@ -1,4 +1,4 @@
-"""Method cost: ms per training step of every registered method, and its extra parameters, vs the CE step.
+"""Method cost: ms per training step of every registered single-teacher KD method, and its extra parameters, vs the CE step.
 
 One pair, teacher wrn_40_2 -> student resnet8, batch 64, fp32, batches of the real CIFAR-10 subset when
 present (else generated shapes). The teacher has random weights, saved once to a temporary checkpoint:
@@ -6,7 +6,9 @@ a step's cost does not depend on them. Per method one ``Trainer`` is built from 
 ``configs/cifar10_5k/resnet8_<name>.yaml`` when there is one (its method parameters; else the method's
 defaults), with data, models, batch size and precision overridden as above and its training loader cut
 to the first ``steps * 64`` rows, so one ``train_epoch`` is exactly ``steps`` full steps (student and
-teacher forward, method losses, backward, SGD step, metric accumulation; no evaluation).
+teacher forward, method losses, backward, SGD step, metric accumulation; no evaluation). The teacher cache
+is off: every method pays its teacher forward, as in mdistiller (with a warm cache a logit method costs
+about a CE step: ``bench/speed.py``).
 
 Every method gets one untimed warm-up epoch, then ``--rounds`` interleaved rounds: in each round every
 method trains one epoch, in an order rotated by one per round, so drifts in machine load spread over all
@@ -52,7 +54,7 @@ def _trainer(name: str, spec: str, device: str, threads: int | None, steps: int,
     recipe = RECIPES / f"resnet8_{name}.yaml"
     overrides = [
         f"student.name={STUDENT}", f"data.batch_size={BATCH}", "data.num_workers=0", "run.precision=fp32",
-        "run.channels_last=false", "run.progress=false", f"run.device={device}", *([f"run.threads={threads}"] if threads else []),
+        "run.channels_last=false", "run.teacher_cache=off", "run.progress=false", f"run.device={device}", *([f"run.threads={threads}"] if threads else []),
     ]
     if not recipe.is_file():
         overrides.append(f"method.name={name}")
@@ -116,12 +118,12 @@ def main(argv: list[str] | None = None) -> str:
     p = common.parser(__doc__)
     p.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed epochs per method (median reported)")
-    p.add_argument("--methods", default=None, help="comma-separated method names (default: every registered method); ce is always added")
+    p.add_argument("--methods", default=None, help="comma-separated method names (default: every registered single-teacher KD method; self-distillation has bench/self_distill_cost.py); ce is always added")
     common.add_run_args(p, "method_cost", "2 steps, 1 round")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 2, 1
-    methods = args.methods.split(",") if args.methods else list_methods()
+    methods = args.methods.split(",") if args.methods else [m for m in list_methods() if create_method(m).needs_teacher and not create_method(m).multi_teacher]
     methods = ["ce"] + [m for m in methods if m != "ce"]
     spec = common.data_spec(args.data)
     load_before = os.getloadavg()[0]
