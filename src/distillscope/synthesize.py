@@ -53,12 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import normalize
-from .engine.checkpoint import META_KEY, atomic_write, fit_weights, load_checkpoint, prefixed, unprefixed
+from .data import denormalize, normalize
+from .engine.checkpoint import atomic_write, fit_weights, load_checkpoint, optimizer_state, optimizer_tensors, prefixed, unprefixed, write_safetensors
 from .errors import DistillscopeError
 from .methods.kd import kd_loss
 
@@ -194,8 +193,7 @@ def train_student(student: nn.Module, optimizer: torch.optim.Optimizer, teacher:
 
 def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
     """Normalised images (B, 3, H, W) back to uint8 (B, H, W, 3) with the teacher's data mean and std."""
-    images = x.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return denormalize(x.cpu(), tuple(mean), tuple(std)).permute(0, 2, 3, 1).numpy()
 
 
 def class_folders(classes: list[str]) -> list[str]:
@@ -251,11 +249,7 @@ def _new_student(s: SynthesisSettings, num_classes: int, device) -> tuple[nn.Mod
 
 def _save_student(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """One atomic safetensors write: the student's weights (``model.*``), its optimiser state (``optim.{i}.{key}``), ``state``."""
-    tensors = prefixed("model", student.state_dict())
-    for index, entries in optimizer.state_dict()["state"].items():
-        tensors.update({f"optim.{index}.{key}": value for key, value in entries.items() if torch.is_tensor(value)})
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(state, sort_keys=True)}))
+    write_safetensors(path, {**prefixed("model", student.state_dict()), **optimizer_tensors(optimizer)[0]}, state)
 
 
 def _restore_student(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer, device) -> None:
@@ -263,11 +257,7 @@ def _restore_student(path: Path, student: nn.Module, optimizer: torch.optim.Opti
         raise DistillscopeError(f"synthesize --mode adi: '{path}' holds no student state to resume from (was a later marker removed?); start again in a new --out")
     tensors, _ = load_checkpoint(path, device)
     fit_weights(student, unprefixed("model", tensors), str(path))
-    optim_state: dict[int, dict] = {}
-    for key, value in unprefixed("optim", tensors).items():
-        index, name = key.split(".", 1)
-        optim_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": optim_state, "param_groups": optimizer.state_dict()["param_groups"]})
+    optimizer.load_state_dict({"state": optimizer_state(tensors), "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 def _image_path(out: Path, folders: list[str], batch: int, i: int, target: int) -> Path:

@@ -165,14 +165,17 @@ def normalize(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """uint8 (N, C, H, W) in 0..255 -> normalised floats of ``dtype``."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
+    mean_t, std_t = _pixel_scale(mean, std, images.device)
     out = ((images.float() - mean_t) / std_t).to(dtype)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """The uint8 (N, C, H, W) batch that :func:`normalize` made ``images`` from (exact for float32 images)."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
+    mean_t, std_t = _pixel_scale(mean, std, images.device)
     return (images.float() * std_t + mean_t).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _pixel_scale(mean: tuple[float, ...], std: tuple[float, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as (1, C, 1, 1) tensors on the 0..255 pixel scale."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255, torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)

@@ -44,14 +44,40 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` (on the CPU) with the JSON ``state`` in the file's header, as :func:`load_checkpoint` reads it."""
+    text = json.dumps(state, sort_keys=True)
+    tensors = _unshared({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Atomically write ``tensors`` + JSON ``state`` to ``path`` (.safetensors) and ``path.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(state, sort_keys=True)
-    tensors = _unshared({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
+    write_safetensors(path, tensors, state)
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True)))
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser's per-parameter state as ``optim.{index}.{key}`` tensors and ``{index}.{key}`` other values."""
+    tensors, scalars = {}, {}
+    for index, entries in optimizer.state_dict()["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, scalars
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any] | None = None) -> dict[int, dict]:
+    """The ``state`` of an optimiser's state dict, back from :func:`optimizer_tensors` (the ``optim.*`` keys of ``tensors``)."""
+    per_param: dict[int, dict] = {}
+    for key, value in [*unprefixed("optim", tensors).items(), *(scalars or {}).items()]:
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    return per_param
 
 
 def _read_safetensors(path: Path, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -33,7 +33,7 @@ from ..errors import DistillscopeError, warn
 from ..methods import Outputs, TrainingInfo, create_method
 from ..models import FeatureTaps, create_model
 from .cache import TeacherCache, augmentation_space, cache_key, default_cache_root
-from .checkpoint import fit_weights, load_checkpoint, load_weights, prefixed, read_weights, save_checkpoint, unprefixed
+from .checkpoint import fit_weights, load_checkpoint, load_weights, optimizer_state, optimizer_tensors, prefixed, read_weights, save_checkpoint, unprefixed
 from .cuda_graph import GraphedStep
 from .distributed import Distributed, ShardedLoader, sync_batchnorm
 from .evaluate import classification_metrics, collect_logits, topk_correct
@@ -244,7 +244,7 @@ class Trainer:
 
         def step():
             with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                for teacher in [self.teacher, *self.teachers] if self.teacher is not None else self.teachers:
+                for teacher in [t for t in (self.teacher, *self.teachers) if t is not None]:
                     with torch.no_grad():
                         teacher(images)
                 loss = student(images).float().logsumexp(1).mean()
@@ -551,13 +551,8 @@ class Trainer:
         tensors = {**prefixed("model", self.model.state_dict()), **prefixed("method", self.method.state_dict()), "rng.torch": torch.get_rng_state()}
         if self.trains_teacher:
             tensors.update(prefixed("teacher", self.teacher.state_dict()))
-        scalars = {}
-        for idx, state in optim_state["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"optim.{idx}.{key}"] = value
-                else:
-                    scalars[f"{idx}.{key}"] = value
+        optim_tensors, scalars = optimizer_tensors(self.optimizer)
+        tensors.update(optim_tensors)
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
@@ -583,14 +578,7 @@ class Trainer:
             if torch.is_tensor(optim_state["param_groups"][idx]["lr"]):
                 group = {**group, "lr": torch.tensor(group["lr"], device=self.device)}
             optim_state["param_groups"][idx].update(group)
-        per_param: dict[int, dict] = {}
-        for key, value in unprefixed("optim", tensors).items():
-            idx, name = key.split(".", 1)
-            per_param.setdefault(int(idx), {})[name] = value
-        for key, value in state["optim_scalars"].items():
-            idx, name = key.split(".", 1)
-            per_param.setdefault(int(idx), {})[name] = value
-        optim_state["state"] = per_param
+        optim_state["state"] = optimizer_state(tensors, state["optim_scalars"])
         self.optimizer.load_state_dict(optim_state)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
