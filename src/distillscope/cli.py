@@ -217,12 +217,12 @@ def _cmd_demo(args) -> None:
 
 def _cmd_synthesize(args) -> None:
     from .engine.trainer import pick_device
+    from dataclasses import fields
+
     from .synthesize import SynthesisSettings, synthesize
 
-    settings = SynthesisSettings(n=args.n, mode=args.mode, batch_size=args.batch_size, steps=args.steps, lr=args.lr, bn_weight=args.bn_weight,
-                                 tv_weight=args.tv_weight, l2_weight=args.l2_weight, ce_weight=args.ce_weight, size=args.size, seed=args.seed,
-                                 student_arch=args.student_arch, student=args.student, competition_weight=args.competition_weight,
-                                 temperature=args.temperature, student_steps=args.student_steps, student_lr=args.student_lr)
+    given = {f.name: getattr(args, f.name) for f in fields(SynthesisSettings) if getattr(args, f.name) is not None}
+    settings = SynthesisSettings(**given)  # flags left out keep the settings' defaults
     out = synthesize(args.teacher, args.out, settings, device=pick_device(args.device))
     print(f"{args.n} images in {out / 'train'} (grid: {out / 'grid.png'}); train on them with data.spec=folder:{out}")
 
@@ -411,23 +411,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("teacher", help="teacher run folder or .safetensors")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--out", required=True, help="output folder (DIR/train, DIR/test, DIR/grid.png); re-run with the same settings to resume")
-    p.add_argument("--mode", default="deepinversion", choices=["deepinversion", "adi", "deepdream", "noise"],
+    p.add_argument("--mode", choices=["deepinversion", "adi", "deepdream", "noise"],
                    help="adi: DeepInversion plus a competition with a student KD-trained on the images as they are made (needs --student-arch or --student)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2000, help="Adam steps per batch")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate on the images")
-    p.add_argument("--bn-weight", type=float, default=10.0, help="weight of the BN-statistics term (deepinversion)")
-    p.add_argument("--tv-weight", type=float, default=2.5e-5, help="weight of the total-variation prior")
-    p.add_argument("--l2-weight", type=float, default=0.0, help="weight of the image L2 prior")
-    p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy to the target classes")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="Adam steps per batch")
+    p.add_argument("--lr", type=float, help="Adam learning rate on the images")
+    p.add_argument("--bn-weight", type=float, help="weight of the BN-statistics term (deepinversion)")
+    p.add_argument("--tv-weight", type=float, help="weight of the total-variation prior")
+    p.add_argument("--l2-weight", type=float, help="weight of the image L2 prior")
+    p.add_argument("--ce-weight", type=float, help="weight of the cross-entropy to the target classes")
+    p.add_argument("--size", type=int, help="image side in pixels")
+    p.add_argument("--seed", type=int)
     p.add_argument("--student-arch", help="adi: a fresh zoo student, e.g. resnet8")
     p.add_argument("--student", help="adi: a trained student run folder or .safetensors to start from")
-    p.add_argument("--competition-weight", type=float, default=10.0, help="adi: weight α_c of the competition term 1 - JS(p_T, p_S)")
-    p.add_argument("--temperature", type=float, default=3.0, help="adi: softmax temperature of the JS term and of the student's KD")
-    p.add_argument("--student-steps", type=int, default=50, help="adi: student KD steps after each batch, on mini-batches of every image made so far")
-    p.add_argument("--student-lr", type=float, default=0.05, help="adi: the student's SGD learning rate (momentum 0.9, weight decay 5e-4)")
+    p.add_argument("--competition-weight", type=float, help="adi: weight α_c of the competition term 1 - JS(p_T, p_S)")
+    p.add_argument("--temperature", type=float, help="adi: softmax temperature of the JS term and of the student's KD")
+    p.add_argument("--student-steps", type=int, help="adi: student KD steps after each batch, on mini-batches of every image made so far")
+    p.add_argument("--student-lr", type=float, help="adi: the student's SGD learning rate (momentum 0.9, weight decay 5e-4)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_synthesize)
 

@@ -47,10 +47,6 @@ class LabelEmbeddings:
         return self.vectors.to(targets.device)[targets]
 
 
-def cache_dir() -> Path:
-    return user_cache_dir()
-
-
 def text_available() -> bool:
     try:
         __import__(TEXT_PACKAGE)
@@ -72,7 +68,7 @@ def _encode_with_minilm(texts: list[str]) -> torch.Tensor:
 def text_embeddings(classes: list[str], encode=_encode_with_minilm, cache: Path | None = None) -> LabelEmbeddings:
     """Sentence embeddings of the class names, read from / written to the cache (keyed by the names)."""
     key = hashlib.sha256(json.dumps([TEXT_PACKAGE, *classes]).encode()).hexdigest()[:20]
-    path = (cache or cache_dir()) / "label-embeddings" / f"{TEXT_PACKAGE}-{key}.safetensors"
+    path = (cache or user_cache_dir()) / "label-embeddings" / f"{TEXT_PACKAGE}-{key}.safetensors"
     if path.is_file():
         stored = load_file(str(path))["vectors"]
         if stored.shape[0] == len(classes):

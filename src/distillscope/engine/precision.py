@@ -4,7 +4,8 @@ bf16 autocast is about 2× faster than fp32 on CPUs with AVX-512 BF16/AMX, about
 CPUs (AMD EPYC here: resnet8 60 vs 650 img/s), and slower too for small models on a launch-bound GPU. So
 ``auto`` means: fp32 where the hardware has no native bf16; elsewhere both are timed on the run's own
 model and batch shape (a few steps on a copy of the model) and the faster wins. Measurements are cached
-per machine, torch version, model and batch shape in ``$XDG_CACHE_HOME/distillscope/precision.json``.
+per machine, torch version, model and batch shape in ``precision.json`` under the user cache dir
+(:func:`distillscope.userdirs.user_cache_dir`).
 """
 from __future__ import annotations
 
