@@ -8,7 +8,7 @@ mkdir -p $O
 seeds() { echo "$R/$1-s0,$R/$1-s1,$R/$1-s2"; }
 for s in 0 1 2; do  # FSS/RS of the KD student against its teacher and its CE base, per stage, clean and ROAD-LeRF
   [ -f $O/scores-s$s/summary.md ] || { rm -rf $O/scores-s$s; distillscope explain --student $R/resnet8_kd-s$s \
-    --teacher $R/wrn_40_2-s$s --base $R/resnet8_ce-s$s --only cam --layers stage:0 stage:1 stage:2 --labels text --out $O/scores-s$s; }
+    --teacher $R/wrn_40_2-s0 --base $R/resnet8_ce-s$s --only cam --layers stage:0 stage:1 stage:2 --labels text --out $O/scores-s$s; }
 done
 [ -f $O/interaction/interaction.json ] || { rm -rf $O/interaction; distillscope interaction --group ce=$(seeds resnet8_ce) \
   --group kd=$(seeds resnet8_kd) --group teacher=$(seeds wrn_40_2) --data $D --out $O/interaction; }

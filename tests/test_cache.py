@@ -150,7 +150,7 @@ def test_cached_run_resumed_mid_epoch_matches_the_uninterrupted_one(tmp_path, ti
 def test_precomputed_cache_equals_lazy_and_the_teacher_on_each_view(tmp_path, tiny_overrides, teachers):
     cfg = _kd(tiny_overrides, teachers[0], tmp_path / "pre")
     data = load_data(cfg.data.spec, cfg.data.val_fraction, cfg.data.split_seed)
-    cache, calls = build_cache(cfg, batch_size=64)
+    [(cache, calls)] = build_cache(cfg, batch_size=64)
     assert calls == math.ceil(len(data.train) / 64) * 162 and cache.complete and cache.filled_fraction() == 1.0
 
     lazy = Trainer(_kd(tiny_overrides, teachers[0], tmp_path / "lazy"), tmp_path / "lazy-run")
@@ -226,6 +226,27 @@ def test_two_teacher_run_reads_one_cache_per_teacher_and_matches_uncached(tmp_pa
     assert _rows(warm.history) == _rows(cold.history)
     caches = list_caches(tmp_path / "cache")
     assert sorted(c["folder"] for c in caches) == sorted(str(c.folder) for c in cold.teacher_caches)
+
+
+def test_cli_cache_build_from_a_multi_teacher_recipe_fills_one_cache_per_teacher(tmp_path, tiny_overrides, teachers, capsys):
+    import yaml
+    from distillscope.cli import main
+
+    cfg = _multi(tiny_overrides, teachers, "mtkd", tmp_path / "root", "data.augment=false", "epochs=1")
+    recipe = tmp_path / "mtkd.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"spec": cfg.data.spec, "val_fraction": cfg.data.val_fraction, "augment": False},
+                                      "teachers": [{"name": "resnet8", "checkpoint": str(t)} for t in teachers],
+                                      "method": {"name": "mtkd"}, "run": {"device": "cpu", "teacher_cache": str(tmp_path / "root")}}))
+    assert main(["cache", "build", "--config", str(recipe)]) == 0
+    assert capsys.readouterr().out.count("views filled") == 2
+    assert len({c["folder"] for c in list_caches(tmp_path / "root")}) == 2
+
+    trainer = Trainer(cfg, tmp_path / "run")
+    calls = _count_calls_per_teacher(trainer)
+    trainer.fit()
+    assert calls == [len(trainer.eval_loaders["test"])] * 2  # training read both caches; only the ensemble's test accuracy ran the teachers
+    assert main(["cache", "build", str(teachers[0])]) != 0
+    assert "give --data SPEC" in capsys.readouterr().err
 
 
 def test_two_teacher_cached_run_resumed_mid_epoch_matches_the_uninterrupted_one(tmp_path, tiny_overrides, teachers, interrupt_at):

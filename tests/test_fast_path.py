@@ -52,7 +52,7 @@ def test_cuda_graph_step_matches_the_eager_step(tmp_path, tiny_overrides, teache
         from distillscope.engine.cache import build_cache
 
         overrides += ["teacher.name=resnet8", f"teacher.checkpoint={teacher}", f"run.teacher_cache={tmp_path / 'cache'}"]
-        assert build_cache(load_config(None, overrides))[0].complete  # a graph reads a complete cache only
+        assert build_cache(load_config(None, overrides))[0][0].complete  # a graph reads a complete cache only
     eager = Trainer(load_config(None, overrides), tmp_path / "eager").fit()
     graphed_trainer = Trainer(load_config(None, overrides + ["run.cuda_graph=true"]), tmp_path / "graphed")
     graphed = graphed_trainer.fit()

@@ -187,13 +187,20 @@ def _cmd_cache_build(args) -> None:
     from .engine.cache import build_cache
     from .engine.checkpoint import find_model_checkpoint, load_checkpoint
 
-    _, state = load_checkpoint(find_model_checkpoint(args.teacher))
-    overrides = [*args.set, f"teacher.name={state['model']}", f"teacher.checkpoint={args.teacher}"]
-    config = load_config(args.config, overrides, args.data)
-    cache, calls = build_cache(config, args.dir, args.batch_size)
-    rows = len(cache.rows)
-    print(f"teacher cache {cache.folder}: {rows} images x {cache.views} views filled ({calls} teacher batches); "
-          f"share it with run.teacher_cache={cache.folder.parent}")
+    if not args.config and not args.data:
+        raise DistillscopeError("cache build: give --data SPEC (e.g. cifar100:DIR) or a --config recipe that names its data")
+    configs = []
+    for teacher in args.teacher:
+        _, state = load_checkpoint(find_model_checkpoint(teacher))
+        configs.append(load_config(args.config, [*args.set, f"teacher.name={state['model']}", f"teacher.checkpoint={teacher}"], args.data))
+    if not args.teacher:
+        if not args.config:
+            raise DistillscopeError("cache build: give teacher run folders, or a --config whose teacher(s) have checkpoints")
+        configs.append(load_config(args.config, args.set, args.data))
+    for config in configs:
+        for cache, calls in build_cache(config, args.dir, args.batch_size):
+            print(f"teacher cache {cache.folder}: {len(cache.rows)} images x {cache.views} views filled ({calls} teacher batches); "
+                  f"share it with run.teacher_cache={cache.folder.parent}")
 
 
 def _cmd_cache_list(args) -> None:
@@ -386,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="precompute or list teacher-output caches (run.teacher_cache)")
     cache_sub = p.add_subparsers(dest="cache_command", required=True)
     c = cache_sub.add_parser("build", help="teacher logits of every augmentation view of every training image, in one pass")
-    c.add_argument("teacher", help="teacher run folder or .safetensors")
-    c.add_argument("--data", required=True, help="data spec, e.g. cifar100:DIR")
+    c.add_argument("teacher", nargs="*", help="teacher run folders or .safetensors (none: the teacher or teachers of --config)")
+    c.add_argument("--data", help="data spec, e.g. cifar100:DIR (default: the --config's)")
     c.add_argument("--config", help="recipe whose data and run settings (validation split, augmentation, precision, device) the runs use")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set run.precision=fp32")
     c.add_argument("--dir", help="cache root (default: run.teacher_cache if it names a folder, else the default cache folder)")

@@ -389,16 +389,18 @@ def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayData
     return cache.teacher_calls - calls_before
 
 
-def build_cache(config, location: str | Path | None = None, batch_size: int = 256, progress=None) -> tuple[TeacherCache, int]:
-    """Precompute the cache a run of ``config`` (teacher, data, augmentation, precision) would use; returns
-    the cache and the number of teacher forward calls it took."""
+def build_cache(config, location: str | Path | None = None, batch_size: int = 256, progress=None) -> list[tuple[TeacherCache, int]]:
+    """Precompute the cache(s) a run of ``config`` would use: one per teacher (``teacher``, or each of
+    ``teachers``), for its data, augmentation and precision; returns each cache with the number of teacher
+    forward calls it took."""
     from ..data import load_data
     from .checkpoint import load_model
     from .precision import AMP_DTYPES, choose_precision
     from .trainer import pick_device
 
-    if config.teacher is None or not config.teacher.checkpoint:
-        raise DistillscopeError("cache build: give the teacher checkpoint (a run folder or .safetensors)")
+    specs = [config.teacher] if config.teacher is not None else list(config.teachers)
+    if not specs or not all(spec.checkpoint for spec in specs):
+        raise DistillscopeError("cache build: give the teacher checkpoint (a run folder or .safetensors), or a --config whose teachers have checkpoints")
     device = pick_device(config.run.device)
     precision = choose_precision(config.run.precision, device)[0]  # unmeasured: on native-bf16 hardware `auto` runs may measure fp32 faster
     amp_dtype = AMP_DTYPES[precision]
@@ -406,19 +408,22 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     data = load_data(d.spec, d.val_fraction, d.split_seed)
     if not isinstance(data.train, ArrayDataset):
         raise DistillscopeError(f"cache build: '{d.spec}' is streamed from disk; its cache fills while training (run.teacher_cache=auto)")
-    teacher, state = load_model(config.teacher.checkpoint, device)
-    if state["num_classes"] != data.num_classes:
-        raise DistillscopeError(f"cache build: teacher has {state['num_classes']} classes but '{d.spec}' has {data.num_classes}")
-    teacher.eval().requires_grad_(False)
-    if config.run.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
     space = augmentation_space(d.pad, d.flip, d.augment)
-    key = cache_key(state["model"], teacher, data, space, precision, config.run.teacher_cache_topk)
     if location is None:
         location = default_cache_root() if config.run.teacher_cache in ("auto", "off") else config.run.teacher_cache
-    cache = TeacherCache.open(location, key, device, data.train.index)
-    calls = precompute(cache, teacher, data.train, data.mean, data.std, d.pad, batch_size, amp_dtype, config.run.channels_last, progress)
-    return cache, calls
+    built = []
+    for spec in specs:
+        teacher, state = load_model(spec.checkpoint, device)
+        if state["num_classes"] != data.num_classes:
+            raise DistillscopeError(f"cache build: teacher {spec.checkpoint} has {state['num_classes']} classes but '{d.spec}' has {data.num_classes}")
+        teacher.eval().requires_grad_(False)
+        if config.run.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        key = cache_key(state["model"], teacher, data, space, precision, config.run.teacher_cache_topk)
+        cache = TeacherCache.open(location, key, device, data.train.index)
+        calls = precompute(cache, teacher, data.train, data.mean, data.std, d.pad, batch_size, amp_dtype, config.run.channels_last, progress)
+        built.append((cache, calls))
+    return built
 
 
 def list_caches(root: str | Path) -> list[dict]:
