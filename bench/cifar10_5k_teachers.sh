@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 10's cifar10-5k rows (docs/results.md): several teachers or none. Run from the repository root after
+# bench/cifar10_5k_sweep.sh has trained the teachers runs/c10k/wrn_40_2-s0..s2 and the resnet8_kd rows.
+# Every step resumes when re-run (sweeps, chains and synthesize all continue where they stopped).
+#   1. multi-teacher: 3-teacher average (mtkd), AEKD, SFKD + AEKD, AEKD-F, SFKD + AEKD-F; ensemble top-1 in each summary
+#   2. teacher-assistant chain wrn_40_2 -> wrn_16_2 -> resnet8 per seed (compare with resnet8_kd: wrn_40_2 -> resnet8)
+#   3. data-free: N synthetic images from teacher seed 0 per mode (noise, DeepDream, DeepInversion); KD students on
+#      each, SFKD + KD on DeepInversion; every student scored on the real test set (runs/c10k-df/real_test.jsonl)
+# N and STEPS (Adam steps per synthetic batch) size the synthetic sets: N=1024 STEPS=200 by default.
+set -euo pipefail
+C=configs/cifar10_5k R=runs/c10k D=cifar10:../shared/datasets/cifar10-5k/cifar-10-batches-py
+N=${N:-1024} STEPS=${STEPS:-200} SEEDS=0,1,2
+
+distillscope sweep $C/resnet8_mtkd.yaml $C/resnet8_aekd.yaml $C/resnet8_sfkd_aekd.yaml $C/resnet8_aekd_f.yaml \
+  $C/resnet8_sfkd_aekd_f.yaml --seeds $SEEDS --set run.keep_every=3 --workers 2 --out runs/c10k-mt
+
+for s in ${SEEDS//,/ }; do
+  distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --set seed=$s --set teacher.checkpoint=$R/wrn_40_2-s0 \
+    --set run.threads=2 --set run.keep_every=3 --out runs/c10k-ta/s$s
+done
+
+O=runs/c10k-df
+for mode in noise deepdream deepinversion; do
+  distillscope synthesize $R/wrn_40_2-s0 --mode $mode --n $N --steps $STEPS --size 32 --seed 0 --out $O/$mode
+done
+ce=(--set method.ce_weight=0)  # noise images carry no class: KD alone
+distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/noise "${ce[@]}" --workers 2 --out $O/kd-noise
+distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepdream --workers 2 --out $O/kd-deepdream
+distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion --workers 2 --out $O/kd-deepinversion
+distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion --workers 2 --out $O/sfkd-deepinversion
+for run in $O/*/resnet8_*-s?; do  # the best-validation (synthetic validation split) and the last checkpoint
+  grep -qs "\"$run\"" $O/real_test.jsonl || echo "{\"run\": \"$run\", \"best\": $(distillscope eval $run/best.safetensors --data $D --json),"\
+    "\"last\": $(distillscope eval $run/last.safetensors --data $D --json)}" >> $O/real_test.jsonl
+done
