@@ -198,7 +198,7 @@ def _cmd_cache_build(args) -> None:
             raise DistillscopeError("cache build: give teacher run folders, or a --config whose teacher(s) have checkpoints")
         configs.append(load_config(args.config, args.set, args.data))
     for config in configs:
-        for cache, calls in build_cache(config, args.dir, args.batch_size):
+        for cache, calls in build_cache(config, args.dir, args.batch_size, progress=True):
             print(f"teacher cache {cache.folder}: {len(cache.rows)} images x {cache.views} views filled ({calls} teacher batches); "
                   f"share it with run.teacher_cache={cache.folder.parent}")
 

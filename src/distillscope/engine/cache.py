@@ -368,7 +368,8 @@ def _short(value) -> str:
 def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayDataset, mean, std, pad: int,
                batch_size: int = 256, amp_dtype: torch.dtype | None = None, channels_last: bool = False, progress=None) -> int:
     """Fill every view of every sample of ``dataset`` in one pass (skipping filled entries); returns the
-    number of teacher forward calls. Views are rendered exactly as the loader renders them."""
+    number of teacher forward calls. Views are rendered exactly as the loader renders them. ``progress`` is
+    called with the number of (image, view) entries done so far."""
     device = cache.device
     teacher.eval()
 
@@ -383,16 +384,18 @@ def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayData
         for view in range(cache.views):
             viewed, aug = render_view(images, view, cache.space, pad)
             cache.fill(Batch(normalize(viewed, mean, std, channels_last=channels_last), targets, index, aug), forward)
-        if progress is not None:
-            progress(min(start + batch_size, len(dataset)))
+            if progress is not None:
+                progress(start * cache.views + (view + 1) * len(images))
     cache.refresh()
     return cache.teacher_calls - calls_before
 
 
-def build_cache(config, location: str | Path | None = None, batch_size: int = 256, progress=None) -> list[tuple[TeacherCache, int]]:
+def build_cache(config, location: str | Path | None = None, batch_size: int = 256, progress: bool = False) -> list[tuple[TeacherCache, int]]:
     """Precompute the cache(s) a run of ``config`` would use: one per teacher (``teacher``, or each of
     ``teachers``), for its data, augmentation and precision; returns each cache with the number of teacher
-    forward calls it took."""
+    forward calls it took. ``progress``: a progress bar per teacher."""
+    from tqdm.auto import tqdm
+
     from ..data import load_data
     from .checkpoint import load_model
     from .precision import AMP_DTYPES, choose_precision
@@ -421,7 +424,9 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
             teacher = teacher.to(memory_format=torch.channels_last)
         key = cache_key(state["model"], teacher, data, space, precision, config.run.teacher_cache_topk)
         cache = TeacherCache.open(location, key, device, data.train.index)
-        calls = precompute(cache, teacher, data.train, data.mean, data.std, d.pad, batch_size, amp_dtype, config.run.channels_last, progress)
+        with tqdm(total=len(data.train) * cache.views, desc=f"cache {spec.checkpoint}", unit="view", disable=None if progress else True) as bar:
+            calls = precompute(cache, teacher, data.train, data.mean, data.std, d.pad, batch_size, amp_dtype, config.run.channels_last,
+                               lambda done: bar.update(done - bar.n))
         built.append((cache, calls))
     return built
 
