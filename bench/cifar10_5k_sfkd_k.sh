@@ -7,8 +7,8 @@ C=configs/cifar10_5k O=runs/c10k-sfkd K=0.5,0.6,0.7,0.8,0.9
 declare -A KEY=([kd]=logits [dkd]=logits [mlkd]=logits [fitnet]=features [crd]=features [at]=attention)
 for m in kd dkd mlkd fitnet at crd; do
   r=resnet8_sfkd_$m axis="$r:method.mask.${KEY[$m]}"
-  distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" --set "$r:teacher.checkpoint=runs/c10k/wrn_40_2-s0" \
-    --set run.keep_every=3 --workers 2 --out $O
+  distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" --set run.keep_every=3 \
+    --workers 2 --out $O
   chosen=$(python - "$O" "$r" <<'PY'
 import sys
 from distillscope.report.tables import find_runs, read_summaries, table_rows
@@ -19,6 +19,6 @@ print(min(float(row["grid point"].split("=")[-1]) for row in rows))
 PY
 )
   echo "$r: K = $chosen chosen on validation (seed 0)"
-  distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" --set "$r:teacher.checkpoint=runs/c10k/wrn_40_2-s0" \
-    --set run.keep_every=3 --workers 2 --out $O
+  distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" --set run.keep_every=3 \
+    --workers 2 --out $O
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every single-teacher cifar10-5k results row (docs/results.md); run from the repository root. Every student seed
-# learns from the same teacher, wrn_40_2 seed 0, trained first; then its teacher cache is filled for all 162 views
+# learns from the same teacher, wrn_40_2 seed 0 (the recipes' teacher.checkpoint), trained first; then its teacher cache is filled for all 162 views
 # of every training image (`cache build`, about 100 core-minutes here), so every logit method and seed after it
 # runs at the cost of a CE run. Teacher seeds 1 and 2 train last (the multi-teacher rows and the teacher's own
 # mean ± std use them). Extra arguments go to both sweeps (e.g. --dry-run). Re-run to resume; Ctrl-C checkpoints.
@@ -9,11 +9,9 @@ C=configs/cifar10_5k
 T=(resnet8_kd resnet8_sfkd_kd resnet8_kd_nocache resnet8_dkd resnet8_dist resnet8_mlkd resnet8_kd_ls resnet8_dkd_ls resnet8_mlkd_ls resnet8_mlkd_strong
    resnet8_fitnet resnet8_at resnet8_sp resnet8_cc resnet8_vid resnet8_rkd resnet8_pkt resnet8_crd resnet8_simkd resnet8_reviewkd resnet8_ofd)
 SD=(resnet8_cskd resnet8_pskd resnet8_ols resnet8_cd resnet8_cd_soft resnet8_cd_diag resnet8_cd_shuffled resnet8_cd_test)
-sets=()
-for r in "${T[@]}"; do sets+=(--set "$r:teacher.checkpoint=runs/c10k/wrn_40_2-s0"); done
 order=($C/resnet8_ce.yaml $C/resnet8_kd.yaml $C/resnet8_sfkd_kd.yaml $C/resnet8_kd_nocache.yaml)
 order+=($(for r in "${SD[@]}"; do echo $C/$r.yaml; done))
 order+=($(for r in "${T[@]:3}"; do echo $C/$r.yaml; done) $C/wrn_40_2.yaml)
 distillscope sweep $C/wrn_40_2.yaml --seeds 0 --set run.keep_every=3 --workers 2 --out runs/c10k "$@"
-[[ " $* " == *" --dry-run "* ]] || distillscope cache build --config $C/resnet8_kd.yaml --set teacher.checkpoint=runs/c10k/wrn_40_2-s0
-distillscope sweep "${order[@]}" --seeds 0,1,2 "${sets[@]}" --set run.keep_every=3 --workers 2 --out runs/c10k "$@"
+[[ " $* " == *" --dry-run "* ]] || distillscope cache build --config $C/resnet8_kd.yaml
+distillscope sweep "${order[@]}" --seeds 0,1,2 --set run.keep_every=3 --workers 2 --out runs/c10k "$@"

@@ -15,18 +15,16 @@ distillscope sweep $C/resnet8_mtkd.yaml $C/resnet8_aekd.yaml $C/resnet8_sfkd_aek
   $C/resnet8_sfkd_aekd_f.yaml --seeds $SEEDS --set run.keep_every=3 --workers 2 --out runs/c10k-mt
 
 for s in ${SEEDS//,/ }; do
-  distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --set seed=$s --set teacher.checkpoint=$R/wrn_40_2-s0 \
-    --set run.threads=2 --set run.keep_every=3 --out runs/c10k-ta/s$s
+  distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --set seed=$s --set run.threads=2 --set run.keep_every=3 \
+    --out runs/c10k-ta/s$s
 done
 
 O=runs/c10k-df
 for mode in noise deepdream deepinversion; do
   distillscope synthesize $R/wrn_40_2-s0 --mode $mode --n $N --steps $STEPS --size 32 --seed 0 --out $O/$mode
+  extra=(); [ $mode = noise ] && extra=(--set method.ce_weight=0)  # noise images carry no class: KD alone
+  distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/$mode "${extra[@]}" --workers 2 --out $O/kd-$mode
 done
-ce=(--set method.ce_weight=0)  # noise images carry no class: KD alone
-distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/noise "${ce[@]}" --workers 2 --out $O/kd-noise
-distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepdream --workers 2 --out $O/kd-deepdream
-distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion --workers 2 --out $O/kd-deepinversion
 distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion --workers 2 --out $O/sfkd-deepinversion
 for run in $O/*/resnet8_*-s?; do  # the best-validation (synthetic validation split) and the last checkpoint
   grep -qs "\"$run\"" $O/real_test.jsonl || echo "{\"run\": \"$run\", \"best\": $(distillscope eval $run/best.safetensors --data $D --json),"\
