@@ -16,6 +16,7 @@ from torch import nn
 from distillscope.config import load_config
 from distillscope.data import load_data
 from distillscope.engine import Trainer, save_checkpoint
+import distillscope.engine.cache as cache_module
 from distillscope.engine.cache import Storage, build_cache, list_caches, precompute, render_view, view_ids
 from distillscope.engine.checkpoint import load_model, prefixed
 from distillscope.errors import DistillscopeError
@@ -147,15 +148,17 @@ def test_cached_run_resumed_mid_epoch_matches_the_uninterrupted_one(tmp_path, ti
     _close(_rows([resumed["last"], resumed["best"]]), _rows([reference["last"], reference["best"]]), rel=1e-5, abs_=1e-6)
 
 
-def test_precomputed_cache_equals_lazy_and_the_teacher_on_each_view(tmp_path, tiny_overrides, teachers):
+def test_precomputed_cache_equals_lazy_and_the_teacher_on_each_view(tmp_path, tiny_overrides, teachers, monkeypatch):
     cfg = _kd(tiny_overrides, teachers[0], tmp_path / "pre")
     data = load_data(cfg.data.spec, cfg.data.val_fraction, cfg.data.split_seed)
     [(cache, calls)] = build_cache(cfg, batch_size=64)
     assert calls == math.ceil(len(data.train) / 64) * 162 and cache.complete and cache.filled_fraction() == 1.0
-    done = []
+    done, rendered = [], []
+    monkeypatch.setattr(cache_module, "render_view", lambda *args: rendered.append(args) or render_view(*args))
     teacher = load_model(teachers[0], cache.device)[0]
     assert precompute(cache, teacher, data.train, data.mean, data.std, cfg.data.pad, 64, progress=done.append) == 0  # full: no forward
     assert done == sorted(done) and done[-1] == len(data.train) * 162 and len(done) == math.ceil(len(data.train) / 64) * 162
+    assert rendered == []  # a complete cache renders no view either
 
     lazy = Trainer(_kd(tiny_overrides, teachers[0], tmp_path / "lazy"), tmp_path / "lazy-run")
     lazy.fit()

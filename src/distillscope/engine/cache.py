@@ -380,10 +380,12 @@ def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayData
     calls_before = cache.teacher_calls
     for start in range(0, len(dataset), batch_size):
         rows = slice(start, start + batch_size)
+        filled = cache.host["flags"][dataset.index[rows].cpu()].bool().all(0)  # views already filled are not rendered
         images, targets, index = (t[rows].to(device) for t in (dataset.images, dataset.targets, dataset.index))
         for view in range(cache.views):
-            viewed, aug = render_view(images, view, cache.space, pad)
-            cache.fill(Batch(normalize(viewed, mean, std, channels_last=channels_last), targets, index, aug), forward)
+            if not (cache.complete or filled[view]):
+                viewed, aug = render_view(images, view, cache.space, pad)
+                cache.fill(Batch(normalize(viewed, mean, std, channels_last=channels_last), targets, index, aug), forward)
             if progress is not None:
                 progress(start * cache.views + (view + 1) * len(images))
     cache.refresh()
