@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every single-teacher cifar10-5k results row (docs/results.md); run from the repository root. Every student seed
 # learns from the same teacher, wrn_40_2 seed 0 (the recipes' teacher.checkpoint), trained first; then its teacher cache is filled for all 162 views
-# of every training image (`cache build`, about 100 core-minutes here), so every logit method and seed after it
+# of every training image (`cache build`, about 83 min on both cores here), so every logit method and seed after it
 # runs at the cost of a CE run. Teacher seeds 1 and 2 train last (the multi-teacher rows and the teacher's own
 # mean ± std use them). Extra arguments go to both sweeps (e.g. --dry-run). Re-run to resume; Ctrl-C checkpoints.
 set -euo pipefail

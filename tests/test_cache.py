@@ -16,7 +16,6 @@ from torch import nn
 from distillscope.config import load_config
 from distillscope.data import load_data
 from distillscope.engine import Trainer, save_checkpoint
-import distillscope.engine.cache as cache_module
 from distillscope.engine.cache import Storage, build_cache, list_caches, precompute, render_view, view_ids
 from distillscope.engine.checkpoint import load_model, prefixed
 from distillscope.errors import DistillscopeError
@@ -154,7 +153,7 @@ def test_precomputed_cache_equals_lazy_and_the_teacher_on_each_view(tmp_path, ti
     [(cache, calls)] = build_cache(cfg, batch_size=64)
     assert calls == math.ceil(len(data.train) / 64) * 162 and cache.complete and cache.filled_fraction() == 1.0
     done, rendered = [], []
-    monkeypatch.setattr(cache_module, "render_view", lambda *args: rendered.append(args) or render_view(*args))
+    monkeypatch.setattr("distillscope.engine.cache.render_view", lambda *args: rendered.append(args) or render_view(*args))
     teacher = load_model(teachers[0], cache.device)[0]
     assert precompute(cache, teacher, data.train, data.mean, data.std, cfg.data.pad, 64, progress=done.append) == 0  # full: no forward
     assert done == sorted(done) and done[-1] == len(data.train) * 162 and len(done) == math.ceil(len(data.train) / 64) * 162

@@ -383,7 +383,7 @@ def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayData
         filled = cache.host["flags"][dataset.index[rows].cpu()].bool().all(0)  # views already filled are not rendered
         images, targets, index = (t[rows].to(device) for t in (dataset.images, dataset.targets, dataset.index))
         for view in range(cache.views):
-            if not (cache.complete or filled[view]):
+            if not filled[view]:
                 viewed, aug = render_view(images, view, cache.space, pad)
                 cache.fill(Batch(normalize(viewed, mean, std, channels_last=channels_last), targets, index, aug), forward)
             if progress is not None:
