@@ -2,23 +2,16 @@
 # SFKD's K on cifar10-5k (issue 6, paper 003 §3.2): each SFKD recipe at K = 0.5..0.9 on seed 0, then seeds 0, 1, 2
 # at the K with the best validation top-1 (never test; ties: the smallest K). Run from the repository root after
 # bench/cifar10_5k_sweep.sh has trained runs/c10k/wrn_40_2-s0. Re-run to resume; seed 0 of the chosen K is reused.
+# Arguments pick methods (default: all six, e.g. `bench/cifar10_5k_sfkd_k.sh kd dkd`); WORKERS sets parallel runs (default 2), THREADS torch threads per run.
 set -euo pipefail
 C=configs/cifar10_5k O=runs/c10k-sfkd K=0.5,0.6,0.7,0.8,0.9
 declare -A KEY=([kd]=logits [dkd]=logits [mlkd]=logits [fitnet]=features [crd]=features [at]=attention)
-for m in kd dkd mlkd fitnet at crd; do
+for m in ${@:-kd dkd mlkd fitnet at crd}; do
   r=resnet8_sfkd_$m axis="$r:method.mask.${KEY[$m]}"
   distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" --set run.keep_every=3 \
-    --workers 2 --out $O
-  chosen=$(python - "$O" "$r" <<'PY'
-import sys
-from distillscope.report.tables import find_runs, read_summaries, table_rows
-out, recipe = sys.argv[1:]
-runs = [r for r in find_runs([out])[0] if r.name.startswith(recipe + "-") and r.name.endswith("-s0")]
-rows = [row for row in table_rows(read_summaries(runs)) if row["chosen on val"]]
-print(min(float(row["grid point"].split("=")[-1]) for row in rows))
-PY
-)
+    --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS} --out $O
+  chosen=$(python bench/chosen_on_val.py $O $r)
   echo "$r: K = $chosen chosen on validation (seed 0)"
   distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" --set run.keep_every=3 \
-    --workers 2 --out $O
+    --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS} --out $O
 done

@@ -6,7 +6,7 @@
 # mean ± std use them). Extra arguments go to both sweeps (e.g. --dry-run). Re-run to resume; Ctrl-C checkpoints.
 set -euo pipefail
 C=configs/cifar10_5k
-T=(resnet8_kd resnet8_sfkd_kd resnet8_kd_nocache resnet8_dkd resnet8_dist resnet8_mlkd resnet8_kd_ls resnet8_dkd_ls resnet8_mlkd_ls resnet8_mlkd_strong
+T=(resnet8_kd resnet8_sfkd_kd resnet8_kd_nocache resnet8_dkd resnet8_dist resnet8_mlkd resnet8_kd_ls resnet8_dkd_ls resnet8_mlkd_strong
    resnet8_fitnet resnet8_at resnet8_sp resnet8_cc resnet8_vid resnet8_rkd resnet8_pkt resnet8_crd resnet8_simkd resnet8_reviewkd resnet8_ofd)
 SD=(resnet8_cskd resnet8_pskd resnet8_ols resnet8_cd resnet8_cd_soft resnet8_cd_diag resnet8_cd_shuffled resnet8_cd_test)
 order=($C/resnet8_ce.yaml $C/resnet8_kd.yaml $C/resnet8_sfkd_kd.yaml $C/resnet8_kd_nocache.yaml)
