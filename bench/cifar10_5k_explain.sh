@@ -6,10 +6,16 @@ set -euo pipefail
 R=runs/c10k O=runs/c10k-explain D=cifar10:../shared/datasets/cifar10-5k/cifar-10-batches-py
 mkdir -p $O
 seeds() { echo "$R/$1-s0,$R/$1-s1,$R/$1-s2"; }
-for s in 0 1 2; do  # FSS/RS of the KD student against its teacher and its CE base, per stage, clean and ROAD-LeRF
-  [ -f $O/scores-s$s/summary.md ] || { rm -rf $O/scores-s$s; distillscope explain --student $R/resnet8_kd-s$s \
-    --teacher $R/wrn_40_2-s0 --base $R/resnet8_ce-s$s --only cam --layers stage:0 stage:1 stage:2 --labels text --out $O/scores-s$s; }
+scores() {  # scores() OUT STUDENT [--base RUN]: FSS/RS of STUDENT against teacher seed 0, per stage, clean and ROAD-LeRF
+  local out=$1 student=$2; shift 2
+  [ -f $O/$out/summary.md ] || { rm -rf $O/$out; distillscope explain --student $R/$student --teacher $R/wrn_40_2-s0 "$@" \
+    --only cam --layers stage:0 stage:1 stage:2 --labels text --out $O/$out; }
+}
+for s in 0 1 2; do  # the KD student (its CE base the second reference), and the CE student against the same teacher
+  scores scores-s$s resnet8_kd-s$s --base $R/resnet8_ce-s$s
+  scores ce-scores-s$s resnet8_ce-s$s
 done
+for s in 1 2; do scores teacher-scores-s$s wrn_40_2-s$s; done  # another teacher seed: its RS, and FSS across teacher seeds
 [ -f $O/interaction/interaction.json ] || { rm -rf $O/interaction; distillscope interaction --group ce=$(seeds resnet8_ce) \
   --group kd=$(seeds resnet8_kd) --group teacher=$(seeds wrn_40_2) --data $D --out $O/interaction; }
 [ -f $O/infoplane/infoplane.json ] || { rm -rf $O/infoplane; distillscope infoplane $R/resnet8_ce-s0 $R/resnet8_kd-s0 \
