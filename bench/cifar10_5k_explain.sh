@@ -19,6 +19,6 @@ for s in 1 2; do scores teacher-scores-s$s wrn_40_2-s$s; done  # another teacher
 [ -f $O/interaction/interaction.json ] || { rm -rf $O/interaction; distillscope interaction --group ce=$(seeds resnet8_ce) \
   --group kd=$(seeds resnet8_kd) --group teacher=$(seeds wrn_40_2) --data $D --out $O/interaction; }
 [ -f $O/infoplane/infoplane.json ] || { rm -rf $O/infoplane; distillscope infoplane $R/resnet8_ce-s0 $R/resnet8_kd-s0 \
-  $R/resnet8_sfkd_kd-s0 --data $D --layers stage:1 stage:2 embedding --out $O/infoplane; }
+  $R/resnet8_sfkd_kd-s0 --data $D --layers stage:2 embedding --checkpoints 3,9,15,21,30 --epochs 30 --out $O/infoplane; }
 [ -f $O/report/report.html ] || { rm -rf $O/report; /usr/bin/time -v distillscope explain --group kd=$(seeds resnet8_kd) \
   --group base=$(seeds resnet8_ce) --group teacher=$(seeds wrn_40_2) --labels text --out $O/report 2> $O/report-time.txt; }

@@ -87,6 +87,9 @@ def test_keep_every_writes_model_checkpoints_that_reload(kept_run):
         load_config(None, ["run.keep_every=0"])
     with pytest.raises(DistillscopeError, match="run.keep_every"):
         epoch_checkpoints(kept_run.parent)
+    assert [e for e, _ in epoch_checkpoints(kept_run, [2])] == [2]
+    with pytest.raises(DistillscopeError, match=r"epoch\(s\) \[3\]; it kept \[1, 2\]"):
+        epoch_checkpoints(kept_run, [2, 3])
 
 
 def test_information_plane_and_cli_over_kept_epochs(kept_run, tmp_path, capsys):
@@ -96,9 +99,10 @@ def test_information_plane_and_cli_over_kept_epochs(kept_run, tmp_path, capsys):
     assert [(p["layer"], p["epoch"]) for p in result.points] == [("embedding", 1), ("stage:0", 1), ("embedding", 2), ("stage:0", 2)]
     assert all(np.isfinite(p["ixf"]) and np.isfinite(p["iyf"]) for p in result.points)
     out = tmp_path / "ip"
-    args = ["infoplane", str(kept_run), "--data", data, "--layers", "embedding", "--n-fit", "100", "--n-eval", "40", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    args = ["infoplane", str(kept_run), "--data", data, "--layers", "embedding", "--n-fit", "100", "--n-eval", "40", "--epochs", "2", "--device", "cpu",
+            "--checkpoints", "2", "--out", str(out)]
     assert main(args) == 0
     assert "I(Y;F)" in capsys.readouterr().out
-    assert len(json.loads((out / "infoplane.json").read_text())["points"]) == 2
+    assert [p["epoch"] for p in json.loads((out / "infoplane.json").read_text())["points"]] == [2]
     assert (out / FIGURE).stat().st_size > 1000
     assert main(args) == 2  # never overwrites

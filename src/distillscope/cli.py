@@ -174,7 +174,8 @@ def _cmd_infoplane(args) -> None:
     _refuse_existing(out, ["infoplane.json", FIGURE])
     layers = [layer for item in args.layers for layer in item.split(",") if layer]
     settings = ProbeSettings(epochs=args.epochs, device=str(pick_device(args.device)))
-    result = information_plane(args.runs, args.data, layers, args.n_fit, args.n_eval, settings)
+    epochs = [int(e) for e in args.checkpoints.split(",")] if args.checkpoints else None
+    result = information_plane(args.runs, args.data, layers, args.n_fit, args.n_eval, settings, epochs=epochs)
     for point in result.points:
         print(f"{Path(point['run']).name:<20} {point['layer']:<12} epoch {point['epoch']:>4}  I(X;F) {point['ixf']:9.2f}  I(Y;F) {point['iyf']:6.3f}")
     figures = result.figures(out)
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-fit", type=int, default=2000, help="training images the decoder and classifier learn from (default 2000)")
     p.add_argument("--n-eval", type=int, default=1000, help="held-out test images they are scored on (default 1000)")
     p.add_argument("--epochs", type=int, default=60, help="at most this many epochs per head, early-stopped (default 60)")
+    p.add_argument("--checkpoints", help="kept epochs to score, e.g. 3,9,30 (default: every kept epoch)")
     p.add_argument("--out", required=True, help="folder for infoplane.json and infoplane.png (existing files are never overwritten)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_infoplane)

@@ -164,15 +164,20 @@ def estimate_iyf(features_fit: torch.Tensor, labels_fit: torch.Tensor, features_
     return {"iyf": h_y - ce, "ce": ce, "h_y": h_y}
 
 
-def epoch_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of a run folder's ``epoch_{e}.safetensors``, in epoch order."""
+def epoch_checkpoints(run: str | Path, epochs: list[int] | None = None) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of a run folder's ``epoch_{e}.safetensors``, in epoch order (only ``epochs`` if given)."""
     run = Path(run)
     if not run.is_dir():
         raise DistillscopeError(f"run folder '{run}' does not exist")
     found = sorted((int(m.group(1)), p) for p in run.glob("epoch_*.safetensors") if (m := re.fullmatch(r"epoch_(\d+)\.safetensors", p.name)))
     if not found:
         raise DistillscopeError(f"run '{run}' kept no per-epoch checkpoints; train it with --set run.keep_every=K (e.g. 10)")
-    return found
+    if epochs is None:
+        return found
+    missing = sorted(set(epochs) - {e for e, _ in found})
+    if missing:
+        raise DistillscopeError(f"run '{run}' kept no checkpoint of epoch(s) {missing}; it kept {[e for e, _ in found]}")
+    return [(e, p) for e, p in found if e in epochs]
 
 
 @dataclass
@@ -233,15 +238,16 @@ def layer_features(model: nn.Module, layer: str, images: torch.Tensor, mean, std
 
 
 def information_plane(runs: list[str | Path], data_spec: str, layers: list[str] = ("embedding",), n_fit: int = 2000, n_eval: int = 1000,
-                      settings: ProbeSettings = ProbeSettings(), progress: bool = True) -> InfoPlaneResult:
-    """Estimate (Î(X;F), Î(Y;F)) for every run's ``epoch_{e}.safetensors`` and every layer: heads fit on the
-    first ``n_fit`` training images and scored on the first ``n_eval`` test images (no augmentation)."""
+                      settings: ProbeSettings = ProbeSettings(), progress: bool = True, epochs: list[int] | None = None) -> InfoPlaneResult:
+    """Estimate (Î(X;F), Î(Y;F)) for every run's ``epoch_{e}.safetensors`` (only ``epochs`` if given) and every
+    layer: heads fit on the first ``n_fit`` training images and scored on the first ``n_eval`` test images (no
+    augmentation)."""
     from ..data import load_data
     from ..engine import load_model
 
     if not runs:
         raise DistillscopeError("give at least one run folder")
-    work = [(run, epoch, path) for run in runs for epoch, path in epoch_checkpoints(run)]
+    work = [(run, epoch, path) for run in runs for epoch, path in epoch_checkpoints(run, epochs)]
     data = load_data(data_spec)
     fit_images, fit_labels = images_and_labels(data.train, n_fit)
     eval_images, eval_labels = images_and_labels(data.test, n_eval)
