@@ -184,6 +184,21 @@ def test_mlkd_logit_standardization_applies_to_the_instance_term():
     assert ls["batch"].item() == pytest.approx(plain["batch"].item()) and ls["class"].item() == pytest.approx(plain["class"].item())
 
 
+def test_mlkd_level_weights_scale_only_their_level():
+    s, t = logits_pair(4, 6)
+    b = batch([0, 1, 2, 3])
+    plain = create_method("mlkd", temperatures=[2.0, 4.0])(Outputs(s), Outputs(t), b, 0)
+    weighted = create_method("mlkd", temperatures=[2.0, 4.0], level_weights={"class": 0.01, "batch": 0.0})(Outputs(s), Outputs(t), b, 0)
+    assert weighted["class"].item() == pytest.approx(0.01 * plain["class"].item(), rel=1e-6)
+    assert weighted["batch"].item() == 0.0 and weighted["instance"].item() == pytest.approx(plain["instance"].item())
+
+
+@pytest.mark.parametrize("bad", [{"klass": 0.1}, {"class": -1.0}, {"class": "0.1"}, [0.1]])
+def test_mlkd_rejects_bad_level_weights(bad):
+    with pytest.raises(DistillscopeError, match="level_weights=.*non-negative numbers"):
+        create_method("mlkd", level_weights=bad)
+
+
 @pytest.mark.parametrize("bad", [[], [2.0, -1.0], "4", [True]])
 def test_mlkd_rejects_bad_temperatures(bad):
     with pytest.raises(DistillscopeError, match="temperatures=.*non-empty list of positive numbers"):

@@ -30,6 +30,11 @@ class MLKD(DistillMethod):
     Defaults: the paper's code for CIFAR-100 (T ∈ {2, 3, 4, 5, 6}, KD weight 0.9 per term, CE weight 0.1,
     lr 0.025).
 
+    ``level_weights`` (default 1 for each level) multiplies a level's sum on top of ``kd_weight``, e.g.
+    ``{class: 0.01}``. The class term grows about as (B/C)² with C classes (each Gram entry sums about B/C
+    samples' probabilities), so weights set for CIFAR-100 make it about (100/C)² times larger on C classes;
+    ``(C/100)²`` restores their balance.
+
     ``logit_standardization: true`` z-scores the logits of the instance terms (as Sun et al.'s released
     code does; their CIFAR-100 setting: temperatures 2, 3, 5, 2, 6, KD weight 9, CE weight 1).
 
@@ -64,6 +69,7 @@ class MLKD(DistillMethod):
         strong_ops: int = 2,
         strong_magnitude: float = 1.0,
         median_mask: bool = False,
+        level_weights: dict[str, float] | None = None,
     ):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         temperatures = DEFAULT_TEMPERATURES if temperatures is None else temperatures
@@ -73,9 +79,15 @@ class MLKD(DistillMethod):
         valid = isinstance(strong_levels, (list, tuple)) and all(level in LEVELS for level in strong_levels)
         if not valid or len(set(strong_levels)) != len(strong_levels):
             raise DistillscopeError(f"method mlkd: strong_levels={strong_levels!r} should list distinct levels among {', '.join(LEVELS)}")
+        level_weights = {} if level_weights is None else level_weights
+        if not isinstance(level_weights, dict) or not set(level_weights) <= set(LEVELS) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in level_weights.values()):
+            raise DistillscopeError(f"method mlkd: level_weights={level_weights!r} should map levels among {', '.join(LEVELS)} to "
+                                    "non-negative numbers, e.g. {class: 0.01}")
         draw_strong(0, torch.Generator(), strong_ops, strong_magnitude)  # checks both
         self.temperatures = tuple(float(t) for t in temperatures)
         self.kd_weight, self.logit_standardization = kd_weight, logit_standardization
+        self.level_weights = {level: float(level_weights.get(level, 1.0)) for level in LEVELS}
         self.needs_extra_view, self.strong_levels = strong_aug, tuple(strong_levels)
         self.strong_ops, self.strong_magnitude, self.median_mask = strong_ops, strong_magnitude, median_mask
 
@@ -83,7 +95,7 @@ class MLKD(DistillMethod):
         return strong_augment(pixels, draw_strong(len(pixels), generator, self.strong_ops, self.strong_magnitude))
 
     def levels(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, levels=LEVELS) -> dict[str, torch.Tensor]:
-        """``{level: kd_weight · Σ_T term}`` for the requested levels."""
+        """``{level: kd_weight · level weight · Σ_T term}`` for the requested levels."""
         s, t = student_logits.float(), teacher_logits.float()
         s_inst, t_inst = (standardize(s), standardize(t)) if self.logit_standardization else (s, t)
         sums = dict.fromkeys(levels, 0.0)
@@ -96,7 +108,7 @@ class MLKD(DistillMethod):
                     sums["batch"] = sums["batch"] + gram_distance(p_s, p_t, 0)
                 if "class" in sums:
                     sums["class"] = sums["class"] + gram_distance(p_s, p_t, 1)
-        return {level: self.kd_weight * value for level, value in sums.items()}
+        return {level: self.kd_weight * self.level_weights[level] * value for level, value in sums.items()}
 
     def distill_losses(self, student, teacher, batch, epoch):
         losses = self.levels(student.logits, teacher.logits)
