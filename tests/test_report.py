@@ -124,6 +124,15 @@ def test_page_is_self_contained_and_states_its_basis(report):
     json.dumps(record, allow_nan=False)  # strict JSON: NaN written as null
 
 
+def test_a_teacher_group_holding_the_reference_teacher_is_compared_without_it(runs, tmp_path):
+    groups = {"kd": [str(runs / "kd0")], "teacher": [str(runs / "teacher"), str(runs / "base")]}  # base stands in for a 2nd teacher seed
+    result = build_report(ReportSettings(out=str(tmp_path / "t"), teacher=str(runs / "teacher"), groups=groups, only=["agreement", "weights"], **SMALL))
+    record = json.loads(result["json"].read_text())
+    assert set(record["sections"]["weights"]["numbers"]["l1_per_run"]) == {"kd s0", "teacher s1"}
+    assert set(record["sections"]["agreement"]["numbers"]["per_group"]) == {"kd", "teacher"}
+    assert "<td>teacher</td><td>1</td>" in result["html"].read_text()
+
+
 def test_sections_can_be_chosen_and_errors_are_one_line(runs, tmp_path):
     result = build_report(ReportSettings(out=str(tmp_path / "a"), student=str(runs / "kd0"), only=["accuracy", "per_class"], **SMALL))
     record = json.loads(result["json"].read_text())

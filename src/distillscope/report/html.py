@@ -442,7 +442,9 @@ def section_weights(ctx: ReportContext) -> Section:
     largest = max(float(np.max(d)) for d in diffs)
     body += _img(figures.heatmaps(diffs, [f"|C_teacher − C_{role}|  (mean {l1[ctx.label(run)]:.3f})" for role, run in shown.items()],
                                   [classes] * len(diffs), [classes] * len(diffs), vmin=0, vmax=largest, cmap="viridis", mask_diagonal=True), "difference heatmaps")
-    rows = [[group, ctx.seeds(group), _ms([l1[ctx.label(r)] for r in runs], 4)] for group, runs in ctx.groups.items() if any(r != ctx.teacher for r in runs)]
+    compared = {group: [r for r in runs if r != ctx.teacher] for group, runs in ctx.groups.items()}  # a teacher group may hold the reference
+    rows = [[group, ",".join(str(ctx.summaries[r].get("seed")) for r in runs), _ms([l1[ctx.label(r)] for r in runs], 4)]
+            for group, runs in compared.items() if runs]
     body += _table(["group", "seeds", "L1 error: mean |C_t − C_s| off the diagonal"], rows)
     body += _note("C = Ŵ Ŵᵀ with each class row of the final linear layer L2-normalised: the cosine between class weight vectors "
                   "(paper 003, SFKD, Fig. 5, \"computed using normalized weights\").")
