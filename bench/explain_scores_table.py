@@ -15,7 +15,8 @@ import glob
 import statistics
 
 
-def read_pooled(folder: str) -> dict[tuple[str, str, str], float]:
+def read_pooled(folder: str) -> dict[tuple[str, str, str, str], float]:
+    """``{(reference, layer, condition, statistic): pooled value}`` of one explain folder."""
     with open(f"{folder}/scores.csv") as f:
         return {(r["reference"], r["layer"], r["condition"], r["statistic"]): float(r["pooled"]) for r in csv.DictReader(f)}
 

@@ -133,8 +133,17 @@ class ReportContext:
         label = self.label(run)
         return label if label.startswith(role) else f"{role} ({label})"
 
-    def seeds(self, group: str) -> str:
-        return ",".join(str(self.summaries[r].get("seed")) for r in self.groups[group])
+    def compared(self, group: str) -> list[Path]:
+        """The group's runs other than the reference teacher (a teacher group may hold it): those compared with it."""
+        return [r for r in self.groups[group] if r != self.teacher]
+
+    @property
+    def compared_runs(self) -> list[Path]:
+        return [r for group in self.groups for r in self.compared(group)]
+
+    def seeds(self, group: str, compared: bool = False) -> str:
+        """The group's seeds; with ``compared``, only those of the runs compared with the reference teacher."""
+        return ",".join(str(self.summaries[r].get("seed")) for r in (self.compared(group) if compared else self.groups[group]))
 
     @cached_property
     def data(self):
@@ -309,15 +318,15 @@ def section_agreement(ctx: ReportContext) -> Section:
     from ..analysis.similarity import agreement, kl_to_teacher
 
     teacher = ctx.logits(ctx.teacher)
-    logits = ctx.all_logits([r for r in ctx.runs if r != ctx.teacher])
+    logits = ctx.all_logits(ctx.compared_runs)
     per_run = {ctx.label(r): {"agreement": 100 * agreement(teacher, z), "kl": kl_to_teacher(teacher, z)} for r, z in logits.items()}
     rows, groups = [], {}
-    for group, runs in ctx.groups.items():
-        stats = [per_run[ctx.label(r)] for r in runs if r != ctx.teacher]
+    for group in ctx.groups:
+        stats = [per_run[ctx.label(r)] for r in ctx.compared(group)]
         if not stats:
             continue
         groups[group] = {key: [s[key] for s in stats] for key in ("agreement", "kl")}
-        rows.append([group, ctx.seeds(group), _ms(groups[group]["agreement"]), _ms(groups[group]["kl"], 4)])
+        rows.append([group, ctx.seeds(group, compared=True), _ms(groups[group]["agreement"]), _ms(groups[group]["kl"], 4)])
     body = _table(["group", "seeds", "top-1 agreement with the teacher (%)", "KL(teacher ‖ model), T = 1 (nats)"], rows)
     return Section(body, {"per_run": per_run, "per_group": groups, "teacher": str(ctx.teacher)},
                    ctx.basis(runs=f"reference teacher: {html.escape(ctx.label(ctx.teacher))}"))
@@ -349,7 +358,7 @@ def section_confusion(ctx: ReportContext) -> Section:
     k = ctx.data.num_classes
     teacher_m = class_mean_softmax(ctx.logits(ctx.teacher), ctx.targets, k)
     per_run, notes = {}, []
-    for run, z in ctx.all_logits([r for r in ctx.runs if r != ctx.teacher]).items():
+    for run, z in ctx.all_logits(ctx.compared_runs).items():
         try:
             per_run[ctx.label(run)] = compare_confusion(teacher_m, hard_confusion(z, ctx.targets, k))
         except DistillscopeError as err:
@@ -357,10 +366,10 @@ def section_confusion(ctx: ReportContext) -> Section:
     if not per_run:
         raise SectionSkipped("; ".join(notes) or "no model besides the teacher")
     rows = []
-    for group, runs in ctx.groups.items():
-        stats = [per_run[ctx.label(r)] for r in runs if ctx.label(r) in per_run]
+    for group in ctx.groups:
+        stats = [per_run[ctx.label(r)] for r in ctx.compared(group) if ctx.label(r) in per_run]
         if stats:
-            rows.append([group, ctx.seeds(group)] + [_ms([s[key] for s in stats], 3) for key in ("cosine", "pearson", "jaccard")])
+            rows.append([group, ctx.seeds(group, compared=True)] + [_ms([s[key] for s in stats], 3) for key in ("cosine", "pearson", "jaccard")])
     body = _table(["group", "seeds", "per-class cosine", "Pearson", "soft Jaccard"], rows)
     if ctx.label(ctx.student) in per_run:
         with tempfile.TemporaryDirectory() as tmp:
@@ -432,7 +441,7 @@ def section_weights(ctx: ReportContext) -> Section:
         return weight_correlation(classifier_weights(model))
 
     teacher = correlation(ctx.teacher)
-    l1 = {ctx.label(r): correlation_difference(teacher, correlation(r))[1] for r in ctx.runs if r != ctx.teacher}
+    l1 = {ctx.label(r): correlation_difference(teacher, correlation(r))[1] for r in ctx.compared_runs}
     shown = {role: run for role, run in _feature_models(ctx).items() if role != "teacher"}
     matrices = [teacher] + [correlation(run) for run in shown.values()]
     diffs = [correlation_difference(teacher, m)[0] for m in matrices[1:]]
@@ -442,9 +451,8 @@ def section_weights(ctx: ReportContext) -> Section:
     largest = max(float(np.max(d)) for d in diffs)
     body += _img(figures.heatmaps(diffs, [f"|C_teacher − C_{role}|  (mean {l1[ctx.label(run)]:.3f})" for role, run in shown.items()],
                                   [classes] * len(diffs), [classes] * len(diffs), vmin=0, vmax=largest, cmap="viridis", mask_diagonal=True), "difference heatmaps")
-    compared = {group: [r for r in runs if r != ctx.teacher] for group, runs in ctx.groups.items()}  # a teacher group may hold the reference
-    rows = [[group, ",".join(str(ctx.summaries[r].get("seed")) for r in runs), _ms([l1[ctx.label(r)] for r in runs], 4)]
-            for group, runs in compared.items() if runs]
+    rows = [[group, ctx.seeds(group, compared=True), _ms([l1[ctx.label(r)] for r in ctx.compared(group)], 4)]
+            for group in ctx.groups if ctx.compared(group)]
     body += _table(["group", "seeds", "L1 error: mean |C_t − C_s| off the diagonal"], rows)
     body += _note("C = Ŵ Ŵᵀ with each class row of the final linear layer L2-normalised: the cosine between class weight vectors "
                   "(paper 003, SFKD, Fig. 5, \"computed using normalized weights\").")
