@@ -7,15 +7,17 @@
 #   3. data-free: N synthetic images from teacher seed 0 per mode (noise, DeepDream, DeepInversion); KD students on
 #      each, SFKD + KD on DeepInversion; every student scored on the real test set (runs/c10k-df/real_test.jsonl)
 # N and STEPS (Adam steps per synthetic batch) size the synthetic sets: N=1024 STEPS=200 by default.
+# WORKERS sets parallel runs (default 2), THREADS torch threads per run (chains: THREADS or 2).
 set -euo pipefail
 C=configs/cifar10_5k R=runs/c10k D=cifar10:../shared/datasets/cifar10-5k/cifar-10-batches-py
 N=${N:-1024} STEPS=${STEPS:-200} SEEDS=0,1,2
+par=(--workers ${WORKERS:-2} ${THREADS:+--threads $THREADS})
 
 distillscope sweep $C/resnet8_mtkd.yaml $C/resnet8_aekd.yaml $C/resnet8_sfkd_aekd.yaml $C/resnet8_aekd_f.yaml \
-  $C/resnet8_sfkd_aekd_f.yaml --seeds $SEEDS --set run.keep_every=3 --workers 2 --out runs/c10k-mt
+  $C/resnet8_sfkd_aekd_f.yaml --seeds $SEEDS --set run.keep_every=3 "${par[@]}" --out runs/c10k-mt
 
 for s in ${SEEDS//,/ }; do
-  distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --set seed=$s --set run.threads=2 --set run.keep_every=3 \
+  distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --set seed=$s --set run.threads=${THREADS:-2} --set run.keep_every=3 \
     --out runs/c10k-ta/s$s
 done
 
@@ -23,9 +25,9 @@ O=runs/c10k-df
 for mode in noise deepdream deepinversion; do
   distillscope synthesize $R/wrn_40_2-s0 --mode $mode --n $N --steps $STEPS --size 32 --seed 0 --out $O/$mode
   extra=(); [ $mode = noise ] && extra=(--set method.ce_weight=0)  # noise images carry no class: KD alone
-  distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/$mode "${extra[@]}" --workers 2 --out $O/kd-$mode
+  distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/$mode "${extra[@]}" "${par[@]}" --out $O/kd-$mode
 done
-distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion --workers 2 --out $O/sfkd-deepinversion
+distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion "${par[@]}" --out $O/sfkd-deepinversion
 for run in $O/*/resnet8_*-s?; do  # the best-validation (synthetic validation split) and the last checkpoint
   grep -qs "\"$run\"" $O/real_test.jsonl || echo "{\"run\": \"$run\", \"best\": $(distillscope eval $run/best.safetensors --data $D --json),"\
     "\"last\": $(distillscope eval $run/last.safetensors --data $D --json)}" >> $O/real_test.jsonl
