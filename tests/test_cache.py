@@ -264,10 +264,12 @@ def test_two_teacher_cached_run_resumed_mid_epoch_matches_the_uninterrupted_one(
     assert resumed["ensemble_test_top1"] == reference["ensemble_test_top1"]
 
 
-def test_multi_teacher_feature_method_keeps_the_teacher_forwards(tmp_path, tiny_overrides, teachers):
-    assert Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto"), tmp_path / "auto").teacher_caches == []
-    with pytest.raises(DistillscopeError, match="method 'aekd_f' taps teacher features.*teacher_cache=off"):
-        Trainer(_multi(tiny_overrides, teachers, "aekd_f", tmp_path / "cache"), tmp_path / "dir")
+def test_multi_teacher_feature_method_caches_each_teachers_features_within_the_size_limit(tmp_path, tiny_overrides, teachers):
+    cached = Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto"), tmp_path / "auto")
+    assert len(cached.teacher_caches) == 2 and all(c.names == {"hint": "layer2"} for c in cached.teacher_caches)
+    assert Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto", "run.teacher_cache_max_gib=0.001"), tmp_path / "small").teacher_caches == []
+    with pytest.raises(DistillscopeError, match="method 'aekd_f' taps teacher features that would make a [0-9.]+ GiB cache, above run.teacher_cache_max_gib=1e-06; raise it"):
+        Trainer(_multi(tiny_overrides, teachers, "aekd_f", tmp_path / "cache", "run.teacher_cache_max_gib=0.000001"), tmp_path / "dir")
     assert len(Trainer(_multi(tiny_overrides, teachers, "mtkd", "auto"), tmp_path / "mtkd").teacher_caches) == 2
 
 
@@ -294,12 +296,55 @@ def test_mismatched_caches_are_refused(tmp_path, tiny_overrides, teachers):
         Trainer(_kd(tiny_overrides, teachers[0], folder), tmp_path / "c")
 
 
-def test_feature_methods_and_trained_teachers_keep_the_teacher_forward(tmp_path, tiny_overrides, teachers):
-    fitnet = lambda cache: _kd(tiny_overrides, teachers[0], cache, "method.name=fitnet")  # noqa: E731
-    assert Trainer(fitnet("auto"), tmp_path / "auto").teacher_cache is None
-    with pytest.raises(DistillscopeError, match="method 'fitnet' taps teacher features.*teacher_cache=off"):
-        Trainer(fitnet(tmp_path / "cache"), tmp_path / "dir")
-    assert Trainer(_kd(tiny_overrides, teachers[0], "auto"), tmp_path / "kd").teacher_cache is not None
+@pytest.mark.parametrize("method", ["fitnet", "crd"])
+def test_feature_method_reads_its_tapped_teacher_features_from_the_cache(tmp_path, tiny_overrides, teachers, method):
+    run = lambda cache, *extra: _kd(tiny_overrides, teachers[0], cache, f"method.name={method}", *extra)  # noqa: E731
+    plain = Trainer(run("off"), tmp_path / "plain")
+    plain.fit()
+    cold = Trainer(run(tmp_path / "cache"), tmp_path / "cold")
+    tap = {"fitnet": "layer2", "crd": "fc@input"}[method]
+    assert cold.teacher_cache.names == {"hint" if method == "fitnet" else "f": tap}
+    assert list(cold.teacher_cache.key["storage"]["features"]) == [tap] and "feature0" in cold.teacher_cache.host
+    cold_calls = _count_teacher_calls(cold)
+    cold.fit()
+    assert cold_calls[0] > 0
+    _close(_rows(cold.history), _rows(plain.history), rel=2e-3, abs_=1e-3)  # fp16 storage of logits and features
+
+    warm = Trainer(run(tmp_path / "cache"), tmp_path / "warm")
+    warm_calls = _count_teacher_calls(warm)
+    warm.fit()
+    assert warm_calls[0] == 0
+    assert _rows(warm.history) == _rows(cold.history)
+
+    # independent: the teacher's own module output (input, for fc@input) on epoch 0's batch, against the stored copy
+    batch = next(warm.train_loader.epoch(0))
+    seen = {}
+    module = dict(warm.teacher.named_modules())[tap.split("@")[0]]
+    hook = (module.register_forward_pre_hook(lambda m, args: seen.setdefault("f", args[0])) if tap.endswith("@input")
+            else module.register_forward_hook(lambda m, args, out: seen.setdefault("f", out)))
+    with torch.no_grad():
+        logits = warm.teacher(batch.images)
+    hook.remove()
+    got_logits, got = warm.teacher_cache.outputs(batch, lambda images: pytest.fail("epoch 0's views are all cached"))
+    (name,) = got
+    assert got[name].shape == seen["f"].shape
+    assert torch.allclose(got[name], seen["f"].float(), rtol=1e-3, atol=1e-3) and torch.allclose(got_logits, logits, rtol=1e-3, atol=1e-3)
+
+
+def test_logit_caches_keep_their_keys_and_cache_build_stores_a_recipes_features(tmp_path, tiny_overrides, teachers):
+    kd = Trainer(_kd(tiny_overrides, teachers[0], tmp_path / "root", "epochs=1"), tmp_path / "kd")
+    assert set(kd.teacher_cache.key["storage"]) == {"topk", "fields"} and kd.teacher_cache.names == {}  # no features: the key as before
+    cfg = _kd(tiny_overrides, teachers[0], tmp_path / "root", "method.name=rkd")
+    [(cache, calls)] = build_cache(cfg, batch_size=64)
+    assert cache.complete and calls > 0 and cache.key["storage"]["features"] == {"fc@input": [64]}
+    trainer = Trainer(cfg, tmp_path / "rkd")
+    assert trainer.teacher_cache.folder == cache.folder != kd.teacher_cache.folder
+    calls = _count_teacher_calls(trainer)
+    trainer.fit()
+    assert calls[0] == 0
+    [(small, _)] = build_cache(_kd(tiny_overrides, teachers[0], tmp_path / "root", "method.name=rkd", "run.teacher_cache_max_gib=0.000001"), batch_size=64)
+    assert small.folder == kd.teacher_cache.folder  # features over the limit: cache build fills the logits a run would still use
+    assert sorted(c["features"] for c in list_caches(tmp_path / "root")) == [[], ["fc@input"]]
 
 
 # ----------------------------------------------------------------- concurrent writers

@@ -136,11 +136,18 @@ def test_method_cost_bench_runs_and_writes_its_section(tmp_path):
     spec = importlib.util.spec_from_file_location("method_cost", RECIPES.parents[1] / "bench" / "method_cost.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    start, end = bench.MARKERS["off"]
     out = tmp_path / "benchmarks.md"
-    out.write_text(f"# Benchmarks\n\n{bench.START}\nstale\n{bench.END}\ntail\n")
+    out.write_text(f"# Benchmarks\n\n{start}\nstale\n{end}\ntail\n")
     text = bench.main(["--quick", "--methods", "kd", "--threads", "1", "--device", "cpu", "--data", "shapes?n=256&size=16", "--out", str(out)])
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"method", "ce", "kd"}
     assert float(rows["ce"][1]) == 1.0 and float(rows["kd"][0]) > 0 and rows["kd"][2].strip() == "0"
     written = out.read_text()
-    assert written.startswith("# Benchmarks\n\n") and written.endswith(f"{bench.END}\ntail\n") and "stale" not in written and text in written
+    assert written.startswith("# Benchmarks\n\n") and written.endswith(f"{end}\ntail\n") and "stale" not in written and text in written
+
+    warm = bench.main(["--quick", "--methods", "kd,crd,fitnet", "--teacher-cache", "warm", "--threads", "1", "--device", "cpu",
+                       "--data", "shapes?n=256&size=16", "--out", str(out)])
+    cached = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in warm.splitlines() if line.startswith("| ") and "---" not in line}
+    assert cached == {"method": "teacher outputs cached", "ce": "", "kd": "logits", "crd": "logits + fc@input", "fitnet": "logits + block3.0.relu1"}  # tiny images: even a stage map fits
+    assert text in out.read_text() and warm in out.read_text()  # two sections side by side

@@ -280,11 +280,12 @@ def test_aekd_f_regressors_follow_the_grids_and_refuse_what_they_cannot_map():
         _aekd_f((2, 3), (2, 5))
 
 
-def test_aekd_f_run_sends_gradients_to_student_and_regressors_never_to_teachers(tmp_path, tiny_overrides, teacher_dir):
+@pytest.mark.parametrize("cache", ["off", "auto"])  # live teachers; each teacher's logits and middle stage read from its cache
+def test_aekd_f_run_sends_gradients_to_student_and_regressors_never_to_teachers(tmp_path, tiny_overrides, teacher_dir, cache):
     folder, _ = teacher_dir
     teachers = f"teachers=[{{name: resnet8, checkpoint: '{folder}'}}, {{name: resnet8, checkpoint: '{folder}'}}]"
-    trainer = Trainer(load_config(None, tiny_overrides + ["method.name=aekd_f", teachers, "run.precision=fp32"]), tmp_path / "run")
-    assert len(trainer.method.regressors) == 2 and trainer.teacher_caches == []  # features are tapped: no cache
+    trainer = Trainer(load_config(None, tiny_overrides + ["method.name=aekd_f", teachers, "run.precision=fp32", f"run.teacher_cache={cache}"]), tmp_path / "run")
+    assert len(trainer.method.regressors) == 2 and len(trainer.teacher_caches) == {"off": 0, "auto": 2}[cache]
     batch = next(trainer.train_loader.epoch(0))
     trainer.student.train()
     trainer.method.train()

@@ -212,7 +212,8 @@ def _cmd_cache_list(args) -> None:
     if not caches:
         print(f"no teacher caches in {root}")
     for c in caches:
-        print(f"{c['folder']}  {c['teacher']}  {c['classes']} classes  {c['rows']} rows x {c['views']} views  "
+        features = f"  + features {', '.join(c['features'])}" if c["features"] else ""
+        print(f"{c['folder']}  {c['teacher']}  {c['classes']} classes{features}  {c['rows']} rows x {c['views']} views  "
               f"{100 * c['filled']:.1f}% filled  {c['bytes_on_disk'] / 2**20:.1f} MiB on disk")
 
 

@@ -89,6 +89,7 @@ class RunConfig:
     keep_every: int | None = None  # also keep the model every k epochs as epoch_{e}.safetensors (information-plane trajectories)
     teacher_cache: str | bool = "auto"  # auto | off | DIR (engine/cache.py); YAML's bare off/on read as false/true
     teacher_cache_topk: int = 0  # 0: store all logits; k: the top-k plus one shared value for the rest
+    teacher_cache_max_gib: float = 4.0  # tapped teacher features are cached too while the whole cache stays within this size
     compile: bool = False  # torch.compile student and teacher (in place)
     cuda_graph: bool = False  # replay the whole training step as a CUDA graph (engine/cuda_graph.py)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch (engine/distributed.py)

@@ -1,4 +1,4 @@
-"""Exact teacher-output cache: teacher logits per (dataset index, augmentation view), on disk.
+"""Exact teacher-output cache: teacher logits (and small tapped features) per (dataset index, augmentation view), on disk.
 
 A frozen teacher in eval mode maps one augmented view of one image to fixed logits, and the loader records
 which view every sample drew (``batch.aug``: crop offset ``dy``, ``dx`` and ``flip``). So the logits can be
@@ -12,11 +12,15 @@ Layout of one cache (a folder named ``<teacher>-<key>`` under a cache root)::
     flags.npy      uint8 (rows, views): 1 where the entry is filled
     logits.npy     fp16 (rows, views, classes)             -- or, with top-k storage:
     values.npy, classes.npy, rest.npy   fp16 (rows, views, k), int16 (rows, views, k), fp16 (rows, views, 1)
+    feature0.npy, ...  fp16 (rows, views, values): tapped teacher features, flattened, in the order of the key's
+                   ``storage.features`` (canonical tap -> per-image shape); only when the run's method taps them
     lock           flock(2) target: readers share it, writers hold it alone
 
 The arrays are numpy memmaps, written out in full when the cache is created. Memory for all views in fp16:
 rows × views × classes × 2 bytes -- CIFAR-10 50,000 × 162 × 10 × 2 B = 162 MB, CIFAR-100 1.62 GB
-(top-k with k=10: 50,000 × 162 × 42 B = 340 MB).
+(top-k with k=10: 50,000 × 162 × 42 B = 340 MB). A method that taps teacher features (CRD, RKD, PKT, CC on the
+embedding) gets them from the cache too when the whole cache fits ``run.teacher_cache_max_gib`` (CIFAR-100 with a
+128-d embedding: 50,000 × 162 × 228 × 2 B = 3.4 GiB); larger features (stage maps) keep the teacher running.
 
 The key covers the teacher (name and a hash of its weights and buffers), the dataset (a hash of the uint8
 images, labels and indices of the training set before the validation split, and the normalisation), the
@@ -41,8 +45,9 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from ..data import ArrayDataset, Batch, apply_augmentation, index_and_targets, normalize
+from ..data import ArrayDataset, Batch, Loader, apply_augmentation, index_and_targets, normalize
 from ..errors import DistillscopeError
+from ..models import FeatureTaps, canonical_tap
 from ..userdirs import user_cache_dir
 
 FORMAT = 1
@@ -99,23 +104,28 @@ def render_view(images: torch.Tensor, view: int, space: dict[str, int], pad: int
 
 
 class Storage:
-    """How a row of logits is stored: fp16 in full, or the top-k logits (fp16) and their classes (int16)
+    """How a row is stored: the logits in fp16 in full, or the top-k logits (fp16) and their classes (int16)
     plus one fp16 value ``rest`` shared by the other classes, chosen to keep their total softmax mass at T=1:
-    rest = logsumexp(z_rest) − log(C − k)."""
+    rest = logsumexp(z_rest) − log(C − k). ``features`` (canonical tap -> per-image shape): tapped teacher
+    features stored flattened in fp16 beside the logits."""
 
-    def __init__(self, num_classes: int, topk: int = 0):
+    def __init__(self, num_classes: int, topk: int = 0, features: dict[str, list[int]] | None = None):
         if topk < 0 or (topk and topk >= num_classes):
             raise DistillscopeError(f"run.teacher_cache_topk={topk}: must be 0 (store all) or between 1 and {num_classes - 1}")
         if num_classes > 32767 and topk:
             raise DistillscopeError("run.teacher_cache_topk: class ids above 32767 do not fit int16; use 0")
         self.num_classes, self.topk = num_classes, topk
+        self.features = {tap: list(shape) for tap, shape in (features or {}).items()}
+        self._feature_fields = {tap: f"feature{i}" for i, tap in enumerate(self.features)}
 
     def fields(self) -> dict[str, tuple[int, np.dtype]]:
         if not self.topk:
-            return {"logits": (self.num_classes, np.float16)}
-        return {"values": (self.topk, np.float16), "classes": (self.topk, np.int16), "rest": (1, np.float16)}
+            fields = {"logits": (self.num_classes, np.float16)}
+        else:
+            fields = {"values": (self.topk, np.float16), "classes": (self.topk, np.int16), "rest": (1, np.float16)}
+        return fields | {field: (math.prod(self.features[tap]), np.float16) for tap, field in self._feature_fields.items()}
 
-    def encode(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, logits: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         logits = logits.float()
         if not self.topk:
             encoded = {"logits": logits.half()}
@@ -124,8 +134,10 @@ class Storage:
             others = logits.scatter(1, classes, float("-inf"))
             rest = torch.logsumexp(others, dim=1, keepdim=True) - math.log(self.num_classes - self.topk)
             encoded = {"values": values.half(), "classes": classes.short(), "rest": rest.half()}
+        for tap, field in self._feature_fields.items():
+            encoded[field] = features[tap].float().reshape(len(logits), -1).half()
         if not all(torch.isfinite(v).all() for v in encoded.values() if v.is_floating_point()):
-            raise DistillscopeError("teacher cache: teacher logits do not fit fp16 (|logit| > 65504 or non-finite); set run.teacher_cache=off")
+            raise DistillscopeError("teacher cache: teacher outputs do not fit fp16 (|value| > 65504 or non-finite); set run.teacher_cache=off")
         return encoded
 
     def decode(self, stored: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -134,8 +146,17 @@ class Storage:
         full = stored["rest"].float().expand(-1, self.num_classes).clone()
         return full.scatter_(1, stored["classes"].long(), stored["values"].float())
 
+    def decode_features(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {tap: stored[field].float().reshape(-1, *self.features[tap]) for tap, field in self._feature_fields.items()}
+
     def row_bytes(self) -> int:
         return sum(size * np.dtype(dtype).itemsize for size, dtype in self.fields().values())
+
+
+def cache_bytes(key: dict) -> int:
+    """Size on disk of the cache ``key`` describes (flags included)."""
+    rows, views = key["data"]["rows"], math.prod(size for _, size in key["augmentation"])
+    return rows * views * (1 + sum(n * np.dtype(d).itemsize for n, d in key["storage"]["fields"].values()))
 
 
 # ----------------------------------------------------------------- key parts
@@ -173,10 +194,15 @@ def dataset_fingerprint(train, val) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher_name: str, teacher: torch.nn.Module, data, space: dict[str, int], precision: str, topk: int = 0) -> dict:
-    """The ``key`` section of ``meta.json`` for a run on ``data`` (a ``DataBundle``); its hash names the cache folder."""
+def cache_key(teacher_name: str, teacher: torch.nn.Module, data, space: dict[str, int], precision: str, topk: int = 0,
+              features: dict[str, list[int]] | None = None) -> dict:
+    """The ``key`` section of ``meta.json`` for a run on ``data`` (a ``DataBundle``); its hash names the cache folder.
+    ``features``: canonical tap -> per-image shape of the tapped teacher features to store (none: logits only)."""
     rows = 1 + max(int(index_and_targets(d)[0].max()) for d in (data.train, data.val) if d is not None)
-    storage = Storage(data.num_classes, topk)
+    storage = Storage(data.num_classes, topk, features)
+    stored = {"topk": storage.topk, "fields": {k: [n, np.dtype(d).name] for k, (n, d) in storage.fields().items()}}
+    if storage.features:  # absent for logits only, so logit caches keep their folder names
+        stored["features"] = storage.features
     return {
         "format": FORMAT,
         "teacher": {"name": teacher_name, "weights_sha256": teacher_fingerprint(teacher)},
@@ -186,8 +212,26 @@ def cache_key(teacher_name: str, teacher: torch.nn.Module, data, space: dict[str
         },
         "augmentation": [[name, size] for name, size in space.items()],
         "precision": precision,
-        "storage": {"topk": storage.topk, "fields": {k: [n, np.dtype(d).name] for k, (n, d) in storage.fields().items()}},
+        "storage": stored,
     }
+
+
+def run_cache_key(teacher_name: str, taps: FeatureTaps, data, space: dict[str, int], precision: str, topk: int = 0,
+                  max_gib: float = 4.0) -> tuple[dict, float | None]:
+    """The key of the cache a run reads its frozen teacher from through ``taps``: logits and the tapped features
+    (by canonical tap), or logits only where that cache would exceed ``max_gib``. Returns the key and the
+    size in GiB a cache with the features would have had when they were left out (else ``None``)."""
+    key = cache_key(teacher_name, taps.model, data, space, precision, topk)
+    if not taps.taps:
+        return key, None
+    device = next(taps.model.parameters()).device
+    probe = next(Loader(data.train, 2, data.mean, data.std, device=device).epoch(0)).images
+    with torch.no_grad():
+        features = taps(probe)[1]
+    shapes = {canonical_tap(taps.model, taps.taps[name]): list(f.shape[1:]) for name, f in features.items()}
+    with_features = cache_key(teacher_name, taps.model, data, space, precision, topk, shapes)
+    size = cache_bytes(with_features) / 2**30
+    return (with_features, None) if size <= max_gib else (key, size)
 
 
 def _key_hash(key: dict) -> str:
@@ -196,19 +240,21 @@ def _key_hash(key: dict) -> str:
 
 # ----------------------------------------------------------------- the cache
 class TeacherCache:
-    """Teacher logits by ``(batch.index, view of batch.aug)``; see the module docstring.
+    """Teacher outputs by ``(batch.index, view of batch.aug)``; see the module docstring.
 
-    ``logits(batch, forward)`` returns the batch's teacher logits (float32, on ``device``), calling
-    ``forward(images)`` only for the entries not yet filled and storing them. On a CUDA device the arrays
-    are mirrored in device memory (no host round trip once every entry the run needs is filled).
-    ``rows`` are the dataset indices this run trains on (completeness is judged over them).
+    ``outputs(batch, forward)`` returns the batch's teacher logits and stored features (float32, on
+    ``device``), calling ``forward(images)`` only for the entries not yet filled and storing them. On a CUDA
+    device the arrays are mirrored in device memory (no host round trip once every entry the run needs is
+    filled). ``rows`` are the dataset indices this run trains on (completeness is judged over them); ``names``
+    maps the run's tap names to the canonical taps the cache stores (default: the canonical taps themselves).
     """
 
-    def __init__(self, folder: Path, key: dict, device: torch.device, rows: torch.Tensor):
+    def __init__(self, folder: Path, key: dict, device: torch.device, rows: torch.Tensor, names: dict[str, str] | None = None):
         self.folder, self.key, self.device = folder, key, torch.device(device)
         self.space = dict((name, size) for name, size in key["augmentation"])
         self.views = math.prod(self.space.values())
-        self.storage = Storage(key["data"]["num_classes"], key["storage"]["topk"])
+        self.storage = Storage(key["data"]["num_classes"], key["storage"]["topk"], key["storage"].get("features"))
+        self.names = names if names is not None else {tap: tap for tap in self.storage.features}
         self.rows = rows.cpu().long()
         self._lock_file = open(folder / "lock", "a+")
         self._arrays = {name: self._open_array(name) for name in ("flags", *self.storage.fields())}
@@ -221,7 +267,7 @@ class TeacherCache:
 
     # opening
     @classmethod
-    def open(cls, location: str | Path, key: dict, device: torch.device, rows: torch.Tensor) -> "TeacherCache":
+    def open(cls, location: str | Path, key: dict, device: torch.device, rows: torch.Tensor, names: dict[str, str] | None = None) -> "TeacherCache":
         """Open (or create) the cache for ``key``: ``location`` is a cache root holding caches by key, or one
         cache folder (holding ``meta.json``), which must match ``key``."""
         location = Path(location).expanduser()
@@ -232,7 +278,7 @@ class TeacherCache:
             if not (folder / "meta.json").is_file():
                 cls._create(folder, key)
         cls._check(folder, key)
-        return cls(folder, key, device, rows)
+        return cls(folder, key, device, rows, names)
 
     @staticmethod
     def _create(folder: Path, key: dict) -> None:
@@ -305,8 +351,9 @@ class TeacherCache:
                     self.table[name].copy_(array)
         self.complete = complete
 
-    def fill(self, batch: Batch, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Make sure the batch's entries are filled (``forward`` runs on the missing images only); returns view ids."""
+    def fill(self, batch: Batch, forward: Callable) -> torch.Tensor:
+        """Make sure the batch's entries are filled; returns view ids. ``forward`` runs on the missing images only
+        and returns their logits, or ``(logits, {tap name: feature})`` as :class:`FeatureTaps` does."""
         view = view_ids(batch.aug, self.space, len(batch), batch.index.device)
         if self.complete:
             return view
@@ -314,17 +361,26 @@ class TeacherCache:
             missing = self.table["flags"][batch.index, view] == 0
         if missing.any():
             self.teacher_calls += 1
-            self._store(batch.index[missing], view[missing], self.storage.encode(forward(batch.images[missing])))
+            out = forward(batch.images[missing])
+            logits, features = out if isinstance(out, tuple) else (out, {})
+            stored = {tap: features[name] for name, tap in self.names.items()}
+            self._store(batch.index[missing], view[missing], self.storage.encode(logits, stored))
         self._looked_up += len(batch)
         if self._looked_up >= len(self.rows):
             self._looked_up = 0
             self.refresh()
         return view
 
-    def logits(self, batch: Batch, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The batch's teacher logits as float32 (filled first where missing)."""
+    def outputs(self, batch: Batch, forward: Callable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's teacher logits and features (by the run's tap names) as float32, filled first where missing."""
         view = self.fill(batch, forward)
-        return self.storage.decode({name: self.table[name][batch.index, view] for name in self.storage.fields()})
+        stored = {name: self.table[name][batch.index, view] for name in self.storage.fields()}
+        features = self.storage.decode_features(stored)
+        return self.storage.decode(stored), {name: features[tap] for name, tap in self.names.items()}
+
+    def logits(self, batch: Batch, forward: Callable) -> torch.Tensor:
+        """The batch's teacher logits as float32 (filled first where missing)."""
+        return self.outputs(batch, forward)[0]
 
     def _store(self, index: torch.Tensor, view: torch.Tensor, encoded: dict[str, torch.Tensor]) -> None:
         """Write entries still empty in the file (first writer wins), then mirror the file's rows to the device."""
@@ -375,19 +431,21 @@ def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayData
 
     def forward(images):
         with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            return teacher(images)
+            logits, features = taps(images)
+        return logits, {name: features[tap] for name, tap in cache.names.items()}
 
     calls_before = cache.teacher_calls
-    for start in range(0, len(dataset), batch_size):
-        rows = slice(start, start + batch_size)
-        filled = cache.host["flags"][dataset.index[rows].cpu()].bool().all(0)  # views already filled are not rendered
-        images, targets, index = (t[rows].to(device) for t in (dataset.images, dataset.targets, dataset.index))
-        for view in range(cache.views):
-            if not filled[view]:
-                viewed, aug = render_view(images, view, cache.space, pad)
-                cache.fill(Batch(normalize(viewed, mean, std, channels_last=channels_last), targets, index, aug), forward)
-            if progress is not None:
-                progress(start * cache.views + (view + 1) * len(images))
+    with FeatureTaps(teacher, list(cache.names.values())) as taps:
+        for start in range(0, len(dataset), batch_size):
+            rows = slice(start, start + batch_size)
+            filled = cache.host["flags"][dataset.index[rows].cpu()].bool().all(0)  # views already filled are not rendered
+            images, targets, index = (t[rows].to(device) for t in (dataset.images, dataset.targets, dataset.index))
+            for view in range(cache.views):
+                if not filled[view]:
+                    viewed, aug = render_view(images, view, cache.space, pad)
+                    cache.fill(Batch(normalize(viewed, mean, std, channels_last=channels_last), targets, index, aug), forward)
+                if progress is not None:
+                    progress(start * cache.views + (view + 1) * len(images))
     cache.refresh()
     return cache.teacher_calls - calls_before
 
@@ -399,6 +457,8 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     from tqdm.auto import tqdm
 
     from ..data import load_data
+    from ..methods import create_method
+    from ..models import create_model
     from .checkpoint import load_model
     from .precision import AMP_DTYPES, choose_precision
     from .trainer import pick_device
@@ -416,15 +476,18 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     space = augmentation_space(d.pad, d.flip, d.augment)
     if location is None:
         location = default_cache_root() if config.run.teacher_cache in ("auto", "off") else config.run.teacher_cache
+    method = create_method(config.method["name"], **{k: v for k, v in config.method.items() if k != "name"})
+    student = create_model(config.student.name, num_classes=data.num_classes)
     built = []
     for spec in specs:
         teacher, state = load_model(spec.checkpoint, device)
         if state["num_classes"] != data.num_classes:
             raise DistillscopeError(f"cache build: teacher {spec.checkpoint} has {state['num_classes']} classes but '{d.spec}' has {data.num_classes}")
         teacher.eval().requires_grad_(False)
+        with FeatureTaps(teacher, method.taps(student, teacher)[1]) as taps:  # features too large to store: the logits alone
+            key = run_cache_key(state["model"], taps, data, space, precision, config.run.teacher_cache_topk, config.run.teacher_cache_max_gib)[0]
         if config.run.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
-        key = cache_key(state["model"], teacher, data, space, precision, config.run.teacher_cache_topk)
         cache = TeacherCache.open(location, key, device, data.train.index)
         with tqdm(total=len(data.train) * cache.views, desc=f"cache {spec.checkpoint}", unit="view", disable=None if progress else True) as bar:
             calls = precompute(cache, teacher, data.train, data.mean, data.std, d.pad, batch_size, amp_dtype, config.run.channels_last,
@@ -434,12 +497,13 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
 
 
 def list_caches(root: str | Path) -> list[dict]:
-    """Each cache under ``root``: folder, teacher, classes, views, filled fraction and bytes on disk."""
+    """Each cache under ``root``: folder, teacher, classes, stored feature taps, views, filled fraction and bytes on disk."""
     found = []
     for meta in sorted(Path(root).expanduser().glob("*/meta.json")):
         key = json.loads(meta.read_text())["key"]
         flags = np.load(meta.parent / "flags.npy", mmap_mode="r")
         used = sum(p.stat().st_blocks * 512 for p in meta.parent.iterdir() if p.is_file())
         found.append({"folder": str(meta.parent), "teacher": key["teacher"]["name"], "classes": key["data"]["num_classes"],
+                      "features": list(key["storage"].get("features", {})),
                       "rows": flags.shape[0], "views": flags.shape[1], "filled": float(flags.mean()) if flags.size else 0.0, "bytes_on_disk": used})
     return found

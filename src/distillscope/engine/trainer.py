@@ -31,8 +31,8 @@ from ..config import Config, from_dict
 from ..data import Loader, denormalize, index_and_targets, load_data, normalize, same_data
 from ..errors import DistillscopeError, warn
 from ..methods import Outputs, TrainingInfo, create_method
-from ..models import FeatureTaps, create_model
-from .cache import TeacherCache, augmentation_space, cache_key, default_cache_root
+from ..models import FeatureTaps, canonical_tap, create_model
+from .cache import TeacherCache, augmentation_space, default_cache_root, run_cache_key
 from .checkpoint import fit_weights, load_checkpoint, load_weights, optimizer_state, optimizer_tensors, prefixed, read_weights, save_checkpoint, unprefixed
 from .cuda_graph import GraphedStep
 from .distributed import Distributed, ShardedLoader, sync_batchnorm
@@ -41,7 +41,7 @@ from .logging import RunLogger
 from .precision import AMP_DTYPES, choose_precision, time_train_step
 from .schedule import lr_at
 
-RUN_ONLY_KEYS = {"progress", "log_every", "device", "threads", "keep_every", "teacher_cache"}
+RUN_ONLY_KEYS = {"progress", "log_every", "device", "threads", "keep_every", "teacher_cache", "teacher_cache_max_gib"}
 
 
 class TrainingInterrupted(DistillscopeError):
@@ -286,25 +286,30 @@ class Trainer:
             warn(f"method '{name}': {message}")
 
     def _open_teacher_cache(self, spec, teacher, taps) -> TeacherCache | None:
-        """The teacher-output cache (``run.teacher_cache``) of one frozen teacher whose features no one taps."""
-        setting, d = self.cfg.run.teacher_cache, self.cfg.data
-        if setting == "off" or teacher is None:
+        """The teacher-output cache (``run.teacher_cache``) of one frozen teacher: its logits and, within
+        ``run.teacher_cache_max_gib``, the features the method taps."""
+        run, d = self.cfg.run, self.cfg.data
+        if run.teacher_cache == "off" or teacher is None:
             return None
         space = augmentation_space(d.pad, d.flip, d.augment)
         recorded = self.train_loader.plan(0)[1].keys()
-        reason = (
-            f"method '{self.cfg.method['name']}' taps teacher features" if taps.taps
-            else f"method '{self.cfg.method['name']}' trains the teacher" if self.trains_teacher
-            else f"the loader records augmentation fields {sorted(recorded)}, not the cache's {list(space)}" if recorded != space.keys()
-            else None
-        )
+        key = reason = None
+        if self.trains_teacher:
+            reason = f"method '{self.cfg.method['name']}' trains the teacher, but the cache holds a frozen teacher's outputs"
+        elif recorded != space.keys():
+            reason = f"the loader records augmentation fields {sorted(recorded)}, not the cache's {list(space)}"
+        else:
+            key, gib = run_cache_key(spec.name, taps, self.data, space, self.precision_name, run.teacher_cache_topk, run.teacher_cache_max_gib)
+            if gib is not None:
+                reason = (f"method '{self.cfg.method['name']}' taps teacher features that would make a {gib:.1f} GiB cache, "
+                          f"above run.teacher_cache_max_gib={run.teacher_cache_max_gib:g}; raise it to cache them")
         if reason:
-            if setting == "auto":
+            if run.teacher_cache == "auto":
                 return None
-            raise DistillscopeError(f"run.teacher_cache={setting}: {reason}, but the cache holds the logits of a frozen teacher only; set run.teacher_cache=off")
-        key = cache_key(spec.name, teacher, self.data, space, self.precision_name, self.cfg.run.teacher_cache_topk)
-        root = default_cache_root() if setting == "auto" else Path(setting)
-        return TeacherCache.open(root, key, self.device, index_and_targets(self.data.train)[0])
+            raise DistillscopeError(f"run.teacher_cache={run.teacher_cache}: {reason}, or set run.teacher_cache=off")
+        root = default_cache_root() if run.teacher_cache == "auto" else Path(run.teacher_cache)
+        names = {name: canonical_tap(teacher, tap) for name, tap in taps.taps.items()}
+        return TeacherCache.open(root, key, self.device, index_and_targets(self.data.train)[0], names)
 
     def _graphed_step(self) -> GraphedStep:
         why = (
@@ -321,8 +326,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def _teacher_outputs(self, batch) -> Outputs | list[Outputs] | None:
-        if self.teacher_caches:  # several frozen teachers, logits only: each read from its own cache
-            return [Outputs(cache.logits(batch, lambda images, t=t: self._frozen_teacher(images, t))) for cache, t in zip(self.teacher_caches, self.teachers)]
+        if self.teacher_caches:  # several frozen teachers, each read from its own cache
+            return [Outputs(*cache.outputs(batch, self._frozen(taps))) for cache, taps in zip(self.teacher_caches, self.teachers_taps)]
         if self.teachers_taps:
             with torch.no_grad():
                 return [Outputs(*taps(batch.images)) for taps in self.teachers_taps]
@@ -333,7 +338,7 @@ class Trainer:
                 logits, features = self.student_taps(batch.pair.images)
             return Outputs(logits, features)
         if self.teacher_cache is not None:
-            return Outputs(self.teacher_cache.logits(batch, self._frozen_teacher))
+            return Outputs(*self.teacher_cache.outputs(batch, self._frozen(self.teacher_taps)))
         with torch.set_grad_enabled(self.trains_teacher):
             logits, features = self.teacher_taps(batch.images)
         return Outputs(logits, features)
@@ -356,9 +361,13 @@ class Trainer:
             with torch.set_grad_enabled(self.trains_teacher):
                 teacher.view = Outputs(*self.teacher_taps(images))
 
-    def _frozen_teacher(self, images: torch.Tensor, teacher: torch.nn.Module | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            return (self.teacher if teacher is None else teacher)(images)
+    @staticmethod
+    def _frozen(taps: FeatureTaps):
+        """``taps`` run without gradient: how a teacher cache fills its missing entries."""
+        def forward(images):
+            with torch.no_grad():
+                return taps(images)
+        return forward
 
     def _train_step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         view = self._extra_view(batch, epoch) if self.method.needs_extra_view else None

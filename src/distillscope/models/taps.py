@@ -52,6 +52,12 @@ def resolve_tap(model: nn.Module, spec: str) -> tuple[str, str]:
     return path, "input" if where else "output"
 
 
+def canonical_tap(model: nn.Module, spec: str) -> str:
+    """The module-path spelling of a tap (``embedding`` on a zoo model -> ``fc@input``): one name per feature."""
+    path, where = resolve_tap(model, spec)
+    return f"{path}@input" if where == "input" else path
+
+
 def _missing_alias(model: nn.Module, spec: str):
     raise DistillscopeError(
         f"tap '{spec}': {type(model).__name__} declares no stage/embedding taps; name a module path instead"
