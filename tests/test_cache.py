@@ -300,7 +300,7 @@ def test_mismatched_caches_are_refused(tmp_path, tiny_overrides, teachers):
 def test_feature_method_reads_its_tapped_teacher_features_from_the_cache(tmp_path, tiny_overrides, teachers, method):
     run = lambda cache, *extra: _kd(tiny_overrides, teachers[0], cache, f"method.name={method}", *extra)  # noqa: E731
     plain = Trainer(run("off"), tmp_path / "plain")
-    plain.fit()
+    assert plain.fit()["teacher_cache"] == []
     cold = Trainer(run(tmp_path / "cache"), tmp_path / "cold")
     tap = {"fitnet": "layer2", "crd": "fc@input"}[method]
     assert cold.teacher_cache.names == {"hint" if method == "fitnet" else "f": tap}
@@ -312,9 +312,11 @@ def test_feature_method_reads_its_tapped_teacher_features_from_the_cache(tmp_pat
 
     warm = Trainer(run(tmp_path / "cache"), tmp_path / "warm")
     warm_calls = _count_teacher_calls(warm)
-    warm.fit()
+    summary = warm.fit()
     assert warm_calls[0] == 0
     assert _rows(warm.history) == _rows(cold.history)
+    assert [(c["folder"], c["features"]) for c in summary["teacher_cache"]] == [(str(cold.teacher_cache.folder), [tap])]
+    assert 0 < summary["teacher_cache"][0]["filled"] < 1
 
     # independent: the teacher's own module output (input, for fc@input) on epoch 0's batch, against the stored copy
     batch = next(warm.train_loader.epoch(0))

@@ -508,6 +508,8 @@ class Trainer:
             "warnings": list(self.method.run_warnings),
             "precision": self.precision_name, "precision_reason": self.precision_reason, "machine": describe_machine(self.device), "threads": torch.get_num_threads(),
             "config": self.cfg.to_dict(),
+            "teacher_cache": [{"folder": str(c.folder), "features": list(c.storage.features), "filled": c.filled_fraction()}
+                              for c in (self.teacher_cache, *self.teacher_caches) if c is not None],  # empty: the teacher(s) ran every step
         }
         if self.teachers and "test" in self.eval_loaders and self.dist.is_main:
             summary["ensemble_test_top1"] = self._ensemble_top1(self.eval_loaders["test"])
