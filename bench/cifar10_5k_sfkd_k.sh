@@ -3,15 +3,16 @@
 # at the K with the best validation top-1 (never test; ties: the smallest K). Run from the repository root after
 # bench/cifar10_5k_sweep.sh has trained runs/c10k/wrn_40_2-s0. Re-run to resume; seed 0 of the chosen K is reused.
 # Arguments pick methods (default: all six, e.g. `bench/cifar10_5k_sfkd_k.sh kd dkd`); WORKERS sets parallel runs (default 2), THREADS torch threads per run.
+# CACHE_GIB (default 30): the largest teacher cache with tapped features (FitNet's middle stage: 25.6 GiB), as in bench/cifar10_5k_sweep.sh.
 set -euo pipefail
 C=configs/cifar10_5k O=runs/c10k-sfkd K=0.5,0.6,0.7,0.8,0.9
 declare -A KEY=([kd]=logits [dkd]=logits [mlkd]=logits [fitnet]=features [crd]=features [at]=attention)
 for m in ${@:-kd dkd mlkd fitnet at crd}; do
   r=resnet8_sfkd_$m axis="$r:method.mask.${KEY[$m]}"
-  distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" --set run.keep_every=3 \
+  distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" --set run.keep_every=3 --set run.teacher_cache_max_gib=${CACHE_GIB:-30} \
     --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS} --out $O
   chosen=$(python bench/chosen_on_val.py $O $r)
   echo "$r: K = $chosen chosen on validation (seed 0)"
-  distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" --set run.keep_every=3 \
+  distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" --set run.keep_every=3 --set run.teacher_cache_max_gib=${CACHE_GIB:-30} \
     --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS} --out $O
 done

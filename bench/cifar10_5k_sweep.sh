@@ -3,7 +3,10 @@
 # learns from the same teacher, wrn_40_2 seed 0 (the recipes' teacher.checkpoint), trained first; then its teacher cache is filled for all 162 views
 # of every training image (`cache build`, about 83 min on both cores here), so every logit method and seed after it
 # runs at the cost of a CE run. Teacher seeds 1 and 2 train last (the multi-teacher rows and the teacher's own
-# mean ± std use them). Extra arguments go to both sweeps (e.g. --dry-run). Re-run to resume; Ctrl-C checkpoints.
+# mean ± std use them). The teacher cache also keeps the teacher features a method taps up to CACHE_GIB (default 30)
+# GiB per cache: the embedding of CC, RKD, PKT and CRD (0.2 GiB), FitNet's middle stage (25.6 GiB), the last stage SP
+# and SimKD share (12.8 GiB); AT, VID, ReviewKD and OFD tap more and run the teacher. Have about 40 GiB free disk, or set
+# CACHE_GIB=4. Extra arguments go to both sweeps (e.g. --dry-run). Re-run to resume; Ctrl-C checkpoints.
 set -euo pipefail
 C=configs/cifar10_5k
 T=(resnet8_kd resnet8_sfkd_kd resnet8_kd_nocache resnet8_dkd resnet8_dist resnet8_mlkd resnet8_kd_ls resnet8_dkd_ls resnet8_mlkd_strong
@@ -14,4 +17,4 @@ order+=($(for r in "${SD[@]}"; do echo $C/$r.yaml; done))
 order+=($(for r in "${T[@]:3}"; do echo $C/$r.yaml; done) $C/wrn_40_2.yaml)
 distillscope sweep $C/wrn_40_2.yaml --seeds 0 --set run.keep_every=3 --workers 2 --out runs/c10k "$@"
 [[ " $* " == *" --dry-run "* ]] || distillscope cache build --config $C/resnet8_kd.yaml
-distillscope sweep "${order[@]}" --seeds 0,1,2 --set run.keep_every=3 --workers 2 --out runs/c10k "$@"
+distillscope sweep "${order[@]}" --seeds 0,1,2 --set run.keep_every=3 --set run.teacher_cache_max_gib=${CACHE_GIB:-30} --workers 2 --out runs/c10k "$@"
