@@ -200,7 +200,8 @@ def _cmd_cache_build(args) -> None:
         configs.append(load_config(args.config, args.set, args.data))
     for config in configs:
         for cache, calls in build_cache(config, args.dir, args.batch_size, progress=True):
-            print(f"teacher cache {cache.folder}: {len(cache.rows)} images x {cache.views} views filled ({calls} teacher batches); "
+            stored = "".join(f" + {tap}" for tap in cache.storage.features)
+            print(f"teacher cache {cache.folder} (logits{stored}): {len(cache.rows)} images x {cache.views} views filled ({calls} teacher batches); "
                   f"share it with run.teacher_cache={cache.folder.parent}")
 
 
@@ -395,10 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="precompute or list teacher-output caches (run.teacher_cache)")
     cache_sub = p.add_subparsers(dest="cache_command", required=True)
-    c = cache_sub.add_parser("build", help="teacher logits of every augmentation view of every training image, in one pass")
+    c = cache_sub.add_parser("build", help="teacher logits (and the features a recipe's method taps, within run.teacher_cache_max_gib) of every augmentation view of every training image, in one pass")
     c.add_argument("teacher", nargs="*", help="teacher run folders or .safetensors (none: the teacher or teachers of --config)")
     c.add_argument("--data", help="data spec, e.g. cifar100:DIR (default: the --config's)")
-    c.add_argument("--config", help="recipe whose data and run settings (validation split, augmentation, precision, device) the runs use")
+    c.add_argument("--config", help="recipe whose data, method and run settings (validation split, augmentation, precision, device, teacher features to store) the runs use")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set run.precision=fp32")
     c.add_argument("--dir", help="cache root (default: run.teacher_cache if it names a folder, else the default cache folder)")
     c.add_argument("--batch-size", type=int, default=256)
