@@ -300,6 +300,24 @@ def test_table_command_reads_a_sweep_folder_and_writes_csv_once(table_runs, caps
     assert code == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_table_figure_draws_each_rows_seeds_and_means_and_is_never_overwritten(table_runs, capsys, monkeypatch):
+    from matplotlib.axes import Axes
+    from PIL import Image
+
+    root, numbers = table_runs
+    drawn, errorbar = [], Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda ax, x, y, **kw: drawn.append((y, x, kw.get("xerr"))) or errorbar(ax, x, y, **kw))
+    assert main(["table", *map(str, sorted(root.glob("kd-T=*"))), "--figure", str(root / "kd.png")]) == 0
+    assert "Figure: " in capsys.readouterr().out
+    for (y, x, xerr), (best, last, val) in zip(drawn, numbers.values()):
+        assert x == pytest.approx(np.mean(last)) and xerr == pytest.approx(np.std(last, ddof=1))
+    assert [y for y, _, _ in drawn] == [0, 1]
+    assert main(["table", str(root), "--figure", str(root / "all.png")]) == 0
+    small, large = Image.open(root / "kd.png"), Image.open(root / "all.png")
+    assert small.format == large.format == "PNG" and large.height > small.height  # a line per row: 2 rows vs 5
+    assert main(["table", str(root), "--figure", str(root / "kd.png")]) == 2 and "--figure" in capsys.readouterr().err
+
+
 def test_imports_are_passed_on_to_every_run(tmp_path):
     from distillscope.sweep import SweepRun
 

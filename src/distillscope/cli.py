@@ -105,9 +105,10 @@ def _cmd_table(args) -> None:
     finished, unfinished = find_runs(args.runs)
     if not finished:
         raise DistillscopeError(f"no finished runs in {' '.join(args.runs)} (unfinished: {', '.join(p.name for p in unfinished)})")
-    csv_path = Path(args.csv) if args.csv else None
-    if csv_path and csv_path.exists():
-        raise DistillscopeError(f"--csv '{csv_path}' already exists; choose another file name or remove it")
+    csv_path, figure_path = (Path(p) if p else None for p in (args.csv, args.figure))
+    for option, path in (("--csv", csv_path), ("--figure", figure_path)):
+        if path and path.exists():
+            raise DistillscopeError(f"{option} '{path}' already exists; choose another file name or remove it")
     rows = table_rows(read_summaries(finished))
     print(format_markdown(rows))
     if unfinished:
@@ -115,6 +116,11 @@ def _cmd_table(args) -> None:
     if csv_path:
         csv_path.write_text(format_csv(rows))
         print(f"\nCSV: {csv_path}")
+    if figure_path:
+        from .report.figures import results_chart
+
+        figure_path.write_bytes(results_chart(rows, "test top-1 over seeds; precision " + ", ".join(sorted({row["precision"] for row in rows}))))
+        print(f"\nFigure: {figure_path}")
 
 
 def _cmd_confusion(args) -> None:
@@ -356,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="mean ± std over seeds of finished runs, by config and grid point")
     p.add_argument("runs", nargs="+", help="run folders or sweep folders; runs sharing a config name and grid point are seeds of one row")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (a new file)")
+    p.add_argument("--figure", metavar="FILE", help="also draw the rows as a PNG: each seed, mean ± std at the last epoch, mean at best val (a new file)")
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser("confusion", help="teacher class-mean softmax vs a model's confusion matrix (off-diagonal): numbers and figures")

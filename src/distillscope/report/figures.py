@@ -137,3 +137,26 @@ def class_bars(values: dict[str, np.ndarray], classes: list[str], ylabel: str) -
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return png(fig)
+
+
+def results_chart(rows: list[dict], title: str = "") -> bytes:
+    """One line per results row (``report.table_rows``), top to bottom in table order: each seed's last-epoch
+    test top-1 (dots), their mean ± std (bar and whiskers) and the mean test top-1 at the best-validation epoch (◇)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.6), constrained_layout=True)
+    labels = []
+    for y, row in enumerate(rows):
+        last = np.asarray(row["test@last"], dtype=float)
+        ax.errorbar(last.mean(), y, xerr=last.std(ddof=1) if len(last) > 1 else None, fmt="s", color=colour(0), markersize=6, capsize=3,
+                    label="last epoch: mean ± std" if y == 0 else None)
+        ax.scatter(last, np.full(len(last), y), s=14, color=colour(0), alpha=0.35, linewidths=0, label="last epoch: each seed" if y == 0 else None)
+        if row["test@best"]:
+            ax.scatter(np.mean(row["test@best"]), y, marker="D", s=30, facecolors="none", edgecolors=colour(1), label="at best val: mean" if y == 0 else None)
+        labels.append(" ".join(filter(None, [row["run"], row["grid point"], "(✓ val)" if row["chosen on val"] else "", f"n={len(last)}"])))
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set(xlabel="test top-1 (%)", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8, ncol=3, frameon=False)
+    return png(fig)
+
