@@ -349,6 +349,19 @@ def test_logit_caches_keep_their_keys_and_cache_build_stores_a_recipes_features(
     assert sorted(c["features"] for c in list_caches(tmp_path / "root")) == [[], ["fc@input"]]
 
 
+def test_a_cache_that_would_not_fit_on_disk_is_refused_or_skipped(tmp_path, tiny_overrides, teachers, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100 * 2**30, 100 * 2**30 - 2**29, 2**29))  # 0.5 GiB free
+    with pytest.raises(DistillscopeError, match=r"teacher cache: 0.0 GiB needed in .* but 0.5 GiB are free; free disk space, lower run.teacher_cache_max_gib"):
+        Trainer(_kd(tiny_overrides, teachers[0], tmp_path / "root"), tmp_path / "dir")
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
+    monkeypatch.setenv("DISTILLSCOPE_CACHE", str(tmp_path / "user"))
+    with pytest.warns(UserWarning, match="GiB are free.*forwards the teacher every step instead"):
+        trainer = Trainer(_kd(tiny_overrides, teachers[0], "auto"), tmp_path / "auto")
+    assert trainer.teacher_cache is None
+
+
 # ----------------------------------------------------------------- concurrent writers
 WRITER = textwrap.dedent("""
     import json, sys, numpy as np, torch

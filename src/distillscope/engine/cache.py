@@ -239,6 +239,10 @@ def _key_hash(key: dict) -> str:
 
 
 # ----------------------------------------------------------------- the cache
+class CacheSpaceError(DistillscopeError):
+    """A new cache would not fit on its disk."""
+
+
 class TeacherCache:
     """Teacher outputs by ``(batch.index, view of batch.aug)``; see the module docstring.
 
@@ -287,6 +291,10 @@ class TeacherCache:
             folder.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise DistillscopeError(f"teacher cache: cannot create '{folder.parent}' ({err.strerror}); set run.teacher_cache to a writable folder or off") from None
+        need, free = cache_bytes(key), shutil.disk_usage(folder.parent).free
+        if need > free - 2**30:  # keep a GiB for the runs themselves
+            raise CacheSpaceError(f"teacher cache: {need / 2**30:.1f} GiB needed in '{folder.parent}' but {free / 2**30:.1f} GiB are free; "
+                                  "free disk space, lower run.teacher_cache_max_gib, or set run.teacher_cache=off")
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

@@ -32,7 +32,7 @@ from ..data import Loader, denormalize, index_and_targets, load_data, normalize,
 from ..errors import DistillscopeError, warn
 from ..methods import Outputs, TrainingInfo, create_method
 from ..models import FeatureTaps, canonical_tap, create_model
-from .cache import TeacherCache, augmentation_space, default_cache_root, run_cache_key
+from .cache import CacheSpaceError, TeacherCache, augmentation_space, default_cache_root, run_cache_key
 from .checkpoint import fit_weights, load_checkpoint, load_weights, optimizer_state, optimizer_tensors, prefixed, read_weights, save_checkpoint, unprefixed
 from .cuda_graph import GraphedStep
 from .distributed import Distributed, ShardedLoader, sync_batchnorm
@@ -309,7 +309,13 @@ class Trainer:
             raise DistillscopeError(f"run.teacher_cache={run.teacher_cache}: {reason}, or set run.teacher_cache=off")
         root = default_cache_root() if run.teacher_cache == "auto" else Path(run.teacher_cache)
         names = {name: canonical_tap(teacher, tap) for name, tap in taps.taps.items()}
-        return TeacherCache.open(root, key, self.device, index_and_targets(self.data.train)[0], names)
+        try:
+            return TeacherCache.open(root, key, self.device, index_and_targets(self.data.train)[0], names)
+        except CacheSpaceError as err:
+            if run.teacher_cache != "auto":
+                raise
+            warn(f"{err}; this run forwards the teacher every step instead")
+            return None
 
     def _graphed_step(self) -> GraphedStep:
         why = (
