@@ -24,7 +24,8 @@ embedding) gets them from the cache too when the whole cache fits ``run.teacher_
 
 The key covers the teacher (name and a hash of its weights and buffers), the dataset (a hash of the uint8
 images, labels and indices of the training set before the validation split, and the normalisation), the
-augmentation space, the teacher's autocast precision and the storage format. A cache folder whose
+augmentation space, the teacher's autocast precision and the storage format (with the stored taps and their
+shapes). A cache folder whose
 ``meta.json`` disagrees is refused. New caches are created in a temporary folder and renamed into place
 (an existing cache is never overwritten); entries are written under an exclusive lock, only where still
 empty (first writer wins), so several processes (sweep workers, DDP ranks) may share one cache.
@@ -194,15 +195,10 @@ def dataset_fingerprint(train, val) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher_name: str, teacher: torch.nn.Module, data, space: dict[str, int], precision: str, topk: int = 0,
-              features: dict[str, list[int]] | None = None) -> dict:
-    """The ``key`` section of ``meta.json`` for a run on ``data`` (a ``DataBundle``); its hash names the cache folder.
-    ``features``: canonical tap -> per-image shape of the tapped teacher features to store (none: logits only)."""
+def cache_key(teacher_name: str, teacher: torch.nn.Module, data, space: dict[str, int], precision: str, topk: int = 0) -> dict:
+    """The ``key`` section of ``meta.json`` for a run on ``data`` (a ``DataBundle``) that caches the teacher's
+    logits; its hash names the cache folder (``run_cache_key`` adds tapped features)."""
     rows = 1 + max(int(index_and_targets(d)[0].max()) for d in (data.train, data.val) if d is not None)
-    storage = Storage(data.num_classes, topk, features)
-    stored = {"topk": storage.topk, "fields": {k: [n, np.dtype(d).name] for k, (n, d) in storage.fields().items()}}
-    if storage.features:  # absent for logits only, so logit caches keep their folder names
-        stored["features"] = storage.features
     return {
         "format": FORMAT,
         "teacher": {"name": teacher_name, "weights_sha256": teacher_fingerprint(teacher)},
@@ -212,15 +208,22 @@ def cache_key(teacher_name: str, teacher: torch.nn.Module, data, space: dict[str
         },
         "augmentation": [[name, size] for name, size in space.items()],
         "precision": precision,
-        "storage": stored,
+        "storage": _storage_key(Storage(data.num_classes, topk)),
     }
+
+
+def _storage_key(storage: Storage) -> dict:
+    key = {"topk": storage.topk, "fields": {k: [n, np.dtype(d).name] for k, (n, d) in storage.fields().items()}}
+    if storage.features:  # absent for logits only, so logit caches keep their folder names
+        key["features"] = storage.features
+    return key
 
 
 def run_cache_key(teacher_name: str, taps: FeatureTaps, data, space: dict[str, int], precision: str, topk: int = 0,
                   max_gib: float = 4.0) -> tuple[dict, float | None]:
     """The key of the cache a run reads its frozen teacher from through ``taps``: logits and the tapped features
-    (by canonical tap), or logits only where that cache would exceed ``max_gib``. Returns the key and the
-    size in GiB a cache with the features would have had when they were left out (else ``None``)."""
+    (canonical tap -> per-image shape), or logits only where that cache would exceed ``max_gib``. Returns the key
+    and the size in GiB a cache with the features would have had when they were left out (else ``None``)."""
     key = cache_key(teacher_name, taps.model, data, space, precision, topk)
     if not taps.taps:
         return key, None
@@ -229,7 +232,7 @@ def run_cache_key(teacher_name: str, taps: FeatureTaps, data, space: dict[str, i
     with torch.no_grad():
         features = taps(probe)[1]
     shapes = {canonical_tap(taps.model, taps.taps[name]): list(f.shape[1:]) for name, f in features.items()}
-    with_features = cache_key(teacher_name, taps.model, data, space, precision, topk, shapes)
+    with_features = {**key, "storage": _storage_key(Storage(data.num_classes, topk, shapes))}
     size = cache_bytes(with_features) / 2**30
     return (with_features, None) if size <= max_gib else (key, size)
 
