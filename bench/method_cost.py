@@ -78,7 +78,7 @@ def _epoch_seconds(trainer: Trainer, epoch: int) -> float:
 def _cached(trainer: Trainer) -> str:
     if trainer.teacher_cache is None:
         return "no" if trainer.teacher is not None else ""
-    return "logits" + "".join(f" + {tap}" for tap in trainer.teacher_cache.storage.features)
+    return trainer.teacher_cache.storage.describe()
 
 
 def measure(methods: list[str], spec: str, device: str, steps: int, rounds: int, threads: int | None, cache: str = "off") -> list[dict]:

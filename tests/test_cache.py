@@ -378,7 +378,7 @@ WRITER = textwrap.dedent("""
         index, view = chunk // views, chunk % views
         aug = {"dy": view // 6, "dx": (view // 2) % 3, "flip": (view % 2).bool()}
         batch = Batch(torch.zeros(len(chunk), 3, 2, 2), torch.zeros(len(chunk), dtype=torch.long), index, aug)
-        used[index, view] = cache.logits(batch, lambda images: torch.full((len(images), 10), tag) + torch.arange(10.0) / 64).numpy()
+        used[index, view] = cache.logits(batch, lambda images: (torch.full((len(images), 10), tag) + torch.arange(10.0) / 64, {})).numpy()
     np.save(out, used)
 """)
 

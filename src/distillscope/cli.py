@@ -206,8 +206,7 @@ def _cmd_cache_build(args) -> None:
         configs.append(load_config(args.config, args.set, args.data))
     for config in configs:
         for cache, calls in build_cache(config, args.dir, args.batch_size, progress=True):
-            stored = "".join(f" + {tap}" for tap in cache.storage.features)
-            print(f"teacher cache {cache.folder} (logits{stored}): {len(cache.rows)} images x {cache.views} views filled ({calls} teacher batches); "
+            print(f"teacher cache {cache.folder} ({cache.storage.describe()}): {len(cache.rows)} images x {cache.views} views filled ({calls} teacher batches); "
                   f"share it with run.teacher_cache={cache.folder.parent}")
 
 

@@ -119,6 +119,15 @@ class Storage:
         self.features = {tap: list(shape) for tap, shape in (features or {}).items()}
         self._feature_fields = {tap: f"feature{i}" for i, tap in enumerate(self.features)}
 
+    @classmethod
+    def of(cls, key: dict) -> "Storage":
+        """The storage a cache key describes."""
+        return cls(key["data"]["num_classes"], key["storage"]["topk"], key["storage"].get("features"))
+
+    def describe(self) -> str:
+        """What a row holds, e.g. ``logits + fc@input``."""
+        return " + ".join(["logits", *self.features])
+
     def fields(self) -> dict[str, tuple[int, np.dtype]]:
         if not self.topk:
             fields = {"logits": (self.num_classes, np.float16)}
@@ -157,7 +166,7 @@ class Storage:
 def cache_bytes(key: dict) -> int:
     """Size on disk of the cache ``key`` describes (flags included)."""
     rows, views = key["data"]["rows"], math.prod(size for _, size in key["augmentation"])
-    return rows * views * (1 + sum(n * np.dtype(d).itemsize for n, d in key["storage"]["fields"].values()))
+    return rows * views * (1 + Storage.of(key).row_bytes())
 
 
 # ----------------------------------------------------------------- key parts
@@ -260,7 +269,7 @@ class TeacherCache:
         self.folder, self.key, self.device = folder, key, torch.device(device)
         self.space = dict((name, size) for name, size in key["augmentation"])
         self.views = math.prod(self.space.values())
-        self.storage = Storage(key["data"]["num_classes"], key["storage"]["topk"], key["storage"].get("features"))
+        self.storage = Storage.of(key)
         self.names = names if names is not None else {tap: tap for tap in self.storage.features}
         self.rows = rows.cpu().long()
         self._lock_file = open(folder / "lock", "a+")
@@ -364,7 +373,7 @@ class TeacherCache:
 
     def fill(self, batch: Batch, forward: Callable) -> torch.Tensor:
         """Make sure the batch's entries are filled; returns view ids. ``forward`` runs on the missing images only
-        and returns their logits, or ``(logits, {tap name: feature})`` as :class:`FeatureTaps` does."""
+        and returns ``(logits, {tap name: feature})`` as :class:`FeatureTaps` does."""
         view = view_ids(batch.aug, self.space, len(batch), batch.index.device)
         if self.complete:
             return view
@@ -372,8 +381,7 @@ class TeacherCache:
             missing = self.table["flags"][batch.index, view] == 0
         if missing.any():
             self.teacher_calls += 1
-            out = forward(batch.images[missing])
-            logits, features = out if isinstance(out, tuple) else (out, {})
+            logits, features = forward(batch.images[missing])
             stored = {tap: features[name] for name, tap in self.names.items()}
             self._store(batch.index[missing], view[missing], self.storage.encode(logits, stored))
         self._looked_up += len(batch)
