@@ -213,7 +213,7 @@ def test_ctrl_c_checkpoints_every_worker_and_the_same_command_resumes(tmp_path):
 
 # ------------------------------------------------------------------------------ tables
 def fake_run(root: Path, folder: str, name: str, seed: int, test_best: float, test_last: float, val_best: float, *, lr=0.1,
-             teacher=None, grid=None, templates=None, precision="bf16", threads=1, legacy=False) -> Path:
+             teacher=None, grid=None, templates=None, precision="bf16", threads=1, legacy=False, extra=None) -> Path:
     run = root / folder
     run.mkdir(parents=True)
     summary = {
@@ -225,6 +225,7 @@ def fake_run(root: Path, folder: str, name: str, seed: int, test_best: float, te
         (run / "config.yaml").write_text(yaml.safe_dump(config))
     else:
         summary.update(precision=precision, machine="Test CPU, 2 cores", threads=threads, config=config)
+    summary.update(extra or {})
     (run / "summary.json").write_text(json.dumps(summary))
     if grid is not None or templates is not None:
         (run / "sweep.json").write_text(json.dumps({"grid": grid or {}, "seed": seed, "templates": templates or {}}))
@@ -288,6 +289,23 @@ def test_table_csv_has_numeric_means_and_stds(table_runs):
         for column, values in (("test_top1_best_val", best), ("test_top1_last", last), ("val_top1_best", val)):
             assert float(row[f"{column}_mean"]) == pytest.approx(np.mean(values), abs=1e-4)
             assert float(row[f"{column}_std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+
+
+def test_table_shows_minutes_per_run_and_the_teachers_ensemble_where_summaries_have_them(tmp_path):
+    seconds, ensemble = [600.0, 660.0, 750.0], [80.0, 81.5, 82.0]
+    for seed in range(3):
+        fake_run(tmp_path, f"mt-s{seed}", "mt", seed, 70.0, 71.0, 60.0, extra={"seconds": seconds[seed], "ensemble_test_top1": ensemble[seed]})
+    fake_run(tmp_path, "ce-s0", "ce", 0, 60.0, 61.0, 50.0, extra={"seconds": None})  # resumed from a checkpoint that predates the count
+    rows = table_rows(read_summaries(sorted(tmp_path.iterdir())))
+    cells = {r["run"]: r for r in markdown_rows(format_markdown(rows))}
+    assert cells["mt"]["minutes per run"] == f"{np.mean(seconds) / 60:.1f} (10.0–12.5)" and cells["ce"]["minutes per run"] == "n/a"
+    assert cells["mt"]["teachers' ensemble test top-1 (%)"] == mean_pm_std(ensemble) and cells["ce"]["teachers' ensemble test top-1 (%)"] == "n/a"
+    by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(format_csv(rows)))}
+    assert float(by_run["mt"]["minutes_per_run_mean"]) == pytest.approx(np.mean(seconds) / 60, abs=1e-4)
+    assert float(by_run["mt"]["ensemble_test_top1_std"]) == pytest.approx(np.std(ensemble, ddof=1), abs=1e-4)
+    assert by_run["ce"]["minutes_per_run_mean"] == by_run["ce"]["ensemble_test_top1_mean"] == ""
+    plain = format_markdown(table_rows(read_summaries([tmp_path / "ce-s0"])))
+    assert "minutes per run" not in plain and "ensemble" not in plain
 
 
 def test_table_command_reads_a_sweep_folder_and_writes_csv_once(table_runs, capsys):

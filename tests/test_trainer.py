@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from distillscope.config import load_config
-from distillscope.engine import NonFiniteLoss, Trainer, load_checkpoint, load_model
+from distillscope.engine import NonFiniteLoss, Trainer, load_checkpoint, load_model, save_checkpoint
 from distillscope.errors import DistillscopeError
 
 
@@ -56,6 +57,27 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, tiny_overrides,
     full_hist = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     cut_hist = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert _comparable(cut_hist) == _comparable(full_hist)
+
+
+def test_summary_counts_the_wall_time_of_every_sitting(tmp_path, tiny_overrides, interrupt_at, monkeypatch):
+    """Each epoch adds its training span(s) and its evaluation span: with a clock that moves one second per
+    reading, an uninterrupted 3-epoch run takes 3 x (1 + 1) s; one cut in epoch 2 adds that epoch's second
+    training span. A run resumed from a checkpoint that predates the count reports ``None``."""
+    import distillscope.engine.trainer as trainer_module
+
+    clock = itertools.count(0.0, 1.0)
+    monkeypatch.setattr(trainer_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    cfg = load_config(None, tiny_overrides + ["epochs=3"])
+    assert Trainer(cfg, tmp_path / "full").fit()["seconds"] == 6.0
+
+    interrupt_at(Trainer(cfg, tmp_path / "cut"), 5)  # in the middle of epoch 2
+    tensors, state = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    assert (state["seconds"], state["train_seconds"]) == (2.0, 1.0)
+    save_checkpoint(tmp_path / "old" / "last.safetensors", tensors, {k: v for k, v in state.items() if k != "seconds"})
+    (tmp_path / "old" / "config.yaml").write_text((tmp_path / "cut" / "config.yaml").read_text())
+    assert Trainer(cfg, tmp_path / "cut", resume=True).fit()["seconds"] == 7.0
+    assert Trainer(cfg, tmp_path / "old", resume=True).fit()["seconds"] is None
+    assert json.loads((tmp_path / "old" / "summary.json").read_text())["seconds"] is None
 
 
 def test_sigint_checkpoints_and_resume_gives_identical_metrics(tmp_path, tiny_overrides):

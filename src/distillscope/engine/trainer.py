@@ -166,6 +166,7 @@ class Trainer:
         self.best: dict | None = None
         self.sums: dict[str, float] = {}
         self.train_seconds = 0.0
+        self.seconds: float | None = 0.0  # wall time of the finished epochs over all sittings (None: an older run did not count it)
         self._stop = threading.Event()
         if resume:
             self._restore()
@@ -478,8 +479,11 @@ class Trainer:
         with self._signals_checkpoint():
             while self.epoch < self.cfg.epochs:
                 self.train_epoch(self.epoch)
+                evaluating = time.perf_counter()
                 row, outputs = self._epoch_row(self.epoch)
                 self._feed_predictions(self.epoch, outputs)
+                if self.seconds is not None:
+                    self.seconds += self.train_seconds + time.perf_counter() - evaluating
                 self.history.append(row)
                 improved = "val/top1" in row and (self.best is None or row["val/top1"] > self.best["val/top1"])
                 if improved:
@@ -510,7 +514,7 @@ class Trainer:
         last = self.history[-1] if self.history else None
         summary = {
             "name": self.cfg.name, "student": self.cfg.student.name, "method": self.cfg.method["name"], "epochs": self.epoch, "seed": self.cfg.seed,
-            "best": self.best, "last": last, "best_selected_on": "val/top1" if self.best else None,
+            "best": self.best, "last": last, "best_selected_on": "val/top1" if self.best else None, "seconds": self.seconds,
             "warnings": list(self.method.run_warnings),
             "precision": self.precision_name, "precision_reason": self.precision_reason, "machine": describe_machine(self.device), "threads": torch.get_num_threads(),
             "config": self.cfg.to_dict(),
@@ -574,7 +578,7 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
             **self._model_meta(), "config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
-            "precision_reason": self.precision_reason, "sums": self.sums, "train_seconds": self.train_seconds, "history": self.history, "best": self.best,
+            "precision_reason": self.precision_reason, "sums": self.sums, "train_seconds": self.train_seconds, "seconds": self.seconds, "history": self.history, "best": self.best,
             "optim_groups": [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items() if k != "params"} for g in optim_state["param_groups"]],
             "optim_scalars": scalars, "scaler": self.scaler.state_dict(),
         }
@@ -604,3 +608,4 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), self.device)
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.sums, self.train_seconds, self.history, self.best = state["sums"], state["train_seconds"], state["history"], state["best"]
+        self.seconds = state.get("seconds")

@@ -142,6 +142,8 @@ def table_rows(summaries: list[dict]) -> list[dict]:
             "val@best": [b["val/top1"] for b in best] if with_val else [],
             "best epochs": [b["epoch"] for b in best],
             "epochs": _unique(r["epochs"] for r in runs),
+            "ensemble": [r["ensemble_test_top1"] for r in runs if "ensemble_test_top1" in r],
+            "minutes": [r["seconds"] / 60 for r in runs if r.get("seconds") is not None],
             "chosen on val": False,
             "notes": _notes(runs),
             "machines": [(r.get("machine"), r.get("threads")) for r in runs],
@@ -176,14 +178,24 @@ def _machines_note(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _minutes(values: list[float]) -> str:
+    """Minutes per run: the mean, and the range when the runs differ."""
+    if not values:
+        return "n/a"
+    low, high = f"{min(values):.1f}", f"{max(values):.1f}"
+    return f"{statistics.fmean(values):.1f}" + (f" ({low}–{high})" if low != high else "")
+
+
 def format_markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table, the machine(s) that ran them underneath."""
     grid = any(row["grid point"] for row in rows)
     chosen = any(row["chosen on val"] for row in rows)
     notes = any(row["notes"] for row in rows)
+    ensemble = any(row["ensemble"] for row in rows)
+    minutes = any(row["minutes"] for row in rows)
     header = ["run", "model", "method"] + ["grid point"] * grid + [
         "precision", "seeds", "test top-1 @ best val (%)", "test top-1 @ last (%)", "val top-1 @ best (%)", "best epoch", "epochs",
-    ] + ["chosen on val"] * chosen + ["notes"] * notes
+    ] + ["teachers' ensemble test top-1 (%)"] * ensemble + ["minutes per run"] * minutes + ["chosen on val"] * chosen + ["notes"] * notes
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["run"], row["model"], row["method"]] + [row["grid point"]] * grid + [
@@ -191,7 +203,7 @@ def format_markdown(rows: list[dict]) -> str:
             mean_std(row["test@best"]) if row["test@best"] else "n/a (no validation split)",
             mean_std(row["test@last"]), mean_std(row["val@best"]),
             ", ".join(map(str, row["best epochs"])) or "n/a", ", ".join(map(str, row["epochs"])),
-        ] + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
+        ] + [mean_std(row["ensemble"]) if row["ensemble"] else "n/a"] * ensemble + [_minutes(row["minutes"])] * minutes + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _machines_note(rows)
 
@@ -209,7 +221,7 @@ def format_csv(rows: list[dict]) -> str:
     writer.writerow([
         "run", "model", "method", "grid_point", "precision", "seeds", "n", "test_top1_best_val_mean", "test_top1_best_val_std",
         "test_top1_last_mean", "test_top1_last_std", "val_top1_best_mean", "val_top1_best_std", "best_epochs", "epochs",
-        "chosen_on_val", "notes", "machines", "folders",
+        "ensemble_test_top1_mean", "ensemble_test_top1_std", "minutes_per_run_mean", "minutes_per_run_std", "chosen_on_val", "notes", "machines", "folders",
     ])
     for row in rows:
         machines = "; ".join(_unique(f"{m}, threads={t}" for m, t in row["machines"] if m is not None))
@@ -217,7 +229,8 @@ def format_csv(rows: list[dict]) -> str:
             row["run"], row["model"], row["method"], row["grid point"], row["precision"],
             " ".join(map(str, row["seeds"])), len(row["seeds"]),
             *_mean_and_std(row["test@best"]), *_mean_and_std(row["test@last"]), *_mean_and_std(row["val@best"]),
-            " ".join(map(str, row["best epochs"])), " ".join(map(str, row["epochs"])), int(row["chosen on val"]), row["notes"],
+            " ".join(map(str, row["best epochs"])), " ".join(map(str, row["epochs"])),
+            *_mean_and_std(row["ensemble"]), *_mean_and_std(row["minutes"]), int(row["chosen on val"]), row["notes"],
             machines, " ".join(row["folders"]),
         ])
     return buf.getvalue()
