@@ -151,3 +151,28 @@ def test_method_cost_bench_runs_and_writes_its_section(tmp_path):
     cached = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in warm.splitlines() if line.startswith("| ") and "---" not in line}
     assert cached == {"method": "teacher outputs cached", "ce": "", "kd": "logits", "crd": "logits + fc@input", "fitnet": "logits + block3.0.relu1"}  # tiny images: even a stage map fits
     assert text in out.read_text() and warm in out.read_text()  # two sections side by side
+
+
+@pytest.mark.parametrize("k", [0.1, 0.99])
+def test_a_feature_mask_that_keeps_every_nonzero_entry_of_a_relu_map_is_reported(k, teacher_dir, tmp_path):
+    """FitNet's teacher map comes after a ReLU: a mask keeping ceil(K·N) entries is the identity on a sample
+    with at most that many nonzero entries; the run says so when that holds for all of 64 training images."""
+    from distillscope.data import Loader
+    from distillscope.models import FeatureTaps
+
+    trainer = Trainer(recipe_config(method_recipe("fitnet"), teacher_dir, [f"method.mask.features={k}"]), tmp_path / "run")
+    spec = trainer.teacher_taps.taps["hint"]
+    images = next(Loader(trainer.data.train, 64, trainer.data.mean, trainer.data.std).epoch(0)).images
+    with torch.no_grad(), FeatureTaps(trainer.teacher, {"f": spec}) as taps:
+        feature = taps(images)[1]["f"].flatten(1)
+    assert feature.min() >= 0
+    nonzero = (feature != 0).sum(1)
+    identity = bool((nonzero <= math.ceil(k * feature.shape[1])).all())
+    assert identity == (k == 0.99)  # the tiny teacher's map: between 10% and 99% nonzero on every image
+    warnings = [w for w in trainer.method.run_warnings if "unchanged" in w]
+    if identity:
+        share = (nonzero.float() / feature.shape[1]).max().item()
+        assert warnings == [f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its entries "
+                            f"are nonzero (a map after a ReLU is mostly zeros) and K keeps them all; choose K below {share:.2f} to mask it"]
+    else:
+        assert warnings == []

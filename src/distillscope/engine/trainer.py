@@ -268,6 +268,28 @@ class Trainer:
         self.method.build(student_shapes, shapes if self.method.multi_teacher else teacher_shapes, info)  # multi-teacher: one mapping per teacher
         self.feature_shapes = {"student": {k: list(v) for k, v in student_shapes.items()}, "teacher": {k: list(v) for k, v in teacher_shapes.items()}}
         self.method.to(self.device)
+        self._warn_where_the_mask_changes_nothing(teachers)
+
+    def _warn_where_the_mask_changes_nothing(self, teachers: list[FeatureTaps]) -> None:
+        """SFKD keeps the top K of a map's entries (or positions), so on a map after a ReLU with fewer nonzero
+        entries than that it is the identity: say so, with the largest nonzero share seen on 64 training images."""
+        mask = self.method.mask
+        if mask is None or (mask.features is None and mask.attention is None):
+            return
+        images = next(Loader(self.data.train, 64, self.data.mean, self.data.std, device=self.device).epoch(0)).images
+        shares = {}
+        for taps in teachers:
+            with torch.no_grad():
+                outputs = Outputs(*taps(images))
+            masked = mask(outputs).features
+            for name, feature in outputs.features.items():
+                if torch.equal(masked[name], feature):
+                    units = feature if mask.features is not None or feature.dim() != 4 else feature.pow(2).sum(1)  # entries, or positions
+                    share = (units != 0).flatten(1).float().mean(1).max().item()
+                    shares[taps.taps[name]] = max(share, shares.get(taps.taps[name], 0.0))
+        self.method.run_warnings = (*self.method.run_warnings, *(
+            f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its entries are nonzero "
+            f"(a map after a ReLU is mostly zeros) and K keeps them all; choose K below {share:.2f} to mask it" for spec, share in sorted(shares.items())))
 
     def _connect_method_hooks(self) -> None:
         """Pairs for the train loader, the split whose predictions the method wants, its warnings."""

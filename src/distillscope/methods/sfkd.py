@@ -13,7 +13,9 @@ are kept (with any entry tied with the smallest of them), so K = 1 keeps everyth
 unmasked method exactly. Per sample:
 
 - ``logits``: over the classes (N = number of classes).
-- ``features``: over all entries of each tapped teacher feature (N = C·H·W, or D for an embedding).
+- ``features``: over all entries of each tapped teacher feature (N = C·H·W, or D for an embedding). A map
+  after a ReLU (the zoo's ``stage:i`` taps) is mostly zeros: a K above its share of nonzero entries keeps them
+  all and leaves the map unchanged (wrn_40_2's middle stage: 36-47% nonzero); the trainer warns when it sees that.
 - ``attention``: over the H·W positions of each tapped 4-D teacher map (N, C, H, W), ranked by the
   spatial attention map a = Σ_c A_c² (attention transfer's φ with p = 2); every channel at the other
   positions is zeroed. Then φ(masked A) = Top_K(φ(A)) for any φ = Σ_c |A_c|^p: for AT this is the
