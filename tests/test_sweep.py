@@ -296,9 +296,12 @@ def test_table_shows_minutes_per_run_and_the_teachers_ensemble_where_summaries_h
     for seed in range(3):
         fake_run(tmp_path, f"mt-s{seed}", "mt", seed, 70.0, 71.0, 60.0, extra={"seconds": seconds[seed], "ensemble_test_top1": ensemble[seed]})
     fake_run(tmp_path, "ce-s0", "ce", 0, 60.0, 61.0, 50.0, extra={"seconds": None})  # resumed from a checkpoint that predates the count
+    fake_run(tmp_path, "kd-s0", "kd", 0, 60.0, 61.0, 50.0, extra={"seconds": 300.0})
+    fake_run(tmp_path, "kd-s1", "kd", 1, 60.0, 61.0, 50.0)
     rows = table_rows(read_summaries(sorted(tmp_path.iterdir())))
     cells = {r["run"]: r for r in markdown_rows(format_markdown(rows))}
     assert cells["mt"]["minutes per run"] == f"{np.mean(seconds) / 60:.1f} (10.0–12.5)" and cells["ce"]["minutes per run"] == "n/a"
+    assert cells["kd"]["minutes per run"] == "5.0 (1 of 2 runs)"
     assert cells["mt"]["teachers' ensemble test top-1 (%)"] == mean_pm_std(ensemble) and cells["ce"]["teachers' ensemble test top-1 (%)"] == "n/a"
     by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(format_csv(rows)))}
     assert float(by_run["mt"]["minutes_per_run_mean"]) == pytest.approx(np.mean(seconds) / 60, abs=1e-4)

@@ -178,12 +178,13 @@ def _machines_note(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _minutes(values: list[float]) -> str:
-    """Minutes per run: the mean, and the range when the runs differ."""
+def _minutes(values: list[float], runs: int) -> str:
+    """Minutes per run: the mean, the range when the runs differ, and how many runs counted when not all did."""
     if not values:
         return "n/a"
     low, high = f"{min(values):.1f}", f"{max(values):.1f}"
-    return f"{statistics.fmean(values):.1f}" + (f" ({low}–{high})" if low != high else "")
+    notes = [f"{low}–{high}"] * (low != high) + [f"{len(values)} of {runs} runs"] * (len(values) < runs)
+    return f"{statistics.fmean(values):.1f}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def format_markdown(rows: list[dict]) -> str:
@@ -203,7 +204,7 @@ def format_markdown(rows: list[dict]) -> str:
             mean_std(row["test@best"]) if row["test@best"] else "n/a (no validation split)",
             mean_std(row["test@last"]), mean_std(row["val@best"]),
             ", ".join(map(str, row["best epochs"])) or "n/a", ", ".join(map(str, row["epochs"])),
-        ] + [mean_std(row["ensemble"]) if row["ensemble"] else "n/a"] * ensemble + [_minutes(row["minutes"])] * minutes + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
+        ] + [mean_std(row["ensemble"]) if row["ensemble"] else "n/a"] * ensemble + [_minutes(row["minutes"], len(row["seeds"]))] * minutes + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _machines_note(rows)
 
