@@ -277,18 +277,19 @@ class Trainer:
         if mask is None or (mask.features is None and mask.attention is None):
             return
         images = next(Loader(self.data.train, 64, self.data.mean, self.data.std, device=self.device).epoch(0)).images
-        shares = {}
+        shares, by_position = {}, mask.features is None  # an attention mask alone keeps positions, not entries
         for taps in teachers:
             with torch.no_grad():
                 outputs = Outputs(*taps(images))
             masked = mask(outputs).features
             for name, feature in outputs.features.items():
                 if torch.equal(masked[name], feature):
-                    units = feature if mask.features is not None or feature.dim() != 4 else feature.pow(2).sum(1)  # entries, or positions
+                    units = feature.pow(2).sum(1) if by_position and feature.dim() == 4 else feature
                     share = (units != 0).flatten(1).float().mean(1).max().item()
                     shares[taps.taps[name]] = max(share, shares.get(taps.taps[name], 0.0))
+        unit = "positions" if by_position else "entries"
         self.method.run_warnings = (*self.method.run_warnings, *(
-            f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its entries are nonzero "
+            f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its {unit} are nonzero "
             f"(a map after a ReLU is mostly zeros) and K keeps them all; choose K below {share:.2f} to mask it" for spec, share in sorted(shares.items())))
 
     def _connect_method_hooks(self) -> None:
