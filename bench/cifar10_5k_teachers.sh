@@ -6,7 +6,7 @@
 #   2. teacher-assistant chain wrn_40_2 -> wrn_16_2 -> resnet8 per seed (compare with resnet8_kd: wrn_40_2 -> resnet8)
 #   3. data-free: N synthetic images from teacher seed 0 per mode (noise, DeepDream, DeepInversion); KD students on
 #      each, SFKD + KD on DeepInversion; every student scored on the real test set (runs/c10k-df/real_test.jsonl)
-#   4. AEKD-F and SFKD + AEKD-F (features of all three teachers, live)
+#   4. AEKD-F and SFKD + AEKD-F (features of all three teachers, live; AEKD_F=0 skips them)
 # N and STEPS (Adam steps per synthetic batch) size the synthetic sets: N=1024 STEPS=200 by default.
 # WORKERS sets parallel runs (default 2), THREADS torch threads per run (chains: THREADS or 2).
 set -euo pipefail
@@ -34,6 +34,7 @@ for run in $O/*/resnet8_*-s?; do  # the best-validation (synthetic validation sp
     "\"last\": $(distillscope eval $run/last.safetensors --data $D --json)}" >> $O/real_test.jsonl
 done
 
+[ "${AEKD_F:-1}" = 1 ] || exit 0
 # 4. the feature variants last: AEKD-F taps each teacher's middle stage (too large for the cache), so all three
 #    teachers run every step, about 3x the cost of a cached AEKD run
 distillscope sweep $C/resnet8_aekd_f.yaml $C/resnet8_sfkd_aekd_f.yaml --seeds $SEEDS --set run.keep_every=3 "${par[@]}" --out runs/c10k-mt
