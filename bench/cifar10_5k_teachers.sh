@@ -3,7 +3,8 @@
 # bench/cifar10_5k_sweep.sh has trained the teachers runs/c10k/wrn_40_2-s0..s2 and the resnet8_kd rows.
 # Every step resumes when re-run (sweeps, chains and synthesize all continue where they stopped).
 #   1. multi-teacher: 3-teacher average (mtkd), AEKD, SFKD + AEKD (logits: one teacher cache each); ensemble top-1 in each summary
-#   2. teacher-assistant chain wrn_40_2 -> wrn_16_2 -> resnet8 per seed (compare with resnet8_kd: wrn_40_2 -> resnet8)
+#   2. teacher-assistant chain wrn_40_2 -> wrn_16_2 -> resnet8 per seed (compare with resnet8_kd: wrn_40_2 -> resnet8);
+#      FSS/RS per stage of each chain student against teacher seed 0 (as bench/cifar10_5k_explain.sh scores KD)
 #   3. data-free: N synthetic images from teacher seed 0 per mode (noise, DeepDream, DeepInversion); KD students on
 #      each, SFKD + KD on DeepInversion; every student scored on the real test set (runs/c10k-df/real_test.jsonl)
 #   4. AEKD-F and SFKD + AEKD-F (features of all three teachers, live; AEKD_F=0 skips them)
@@ -22,6 +23,12 @@ for s in ${SEEDS//,/ }; do
     --out runs/c10k-ta/s$s
 done
 
+# paper 002's TA analysis: FSS/RS per stage of each chain student against teacher seed 0, its CE base beside
+for s in ${SEEDS//,/ }; do
+  out=runs/c10k-explain/ta-scores-s$s
+  [ -f $out/summary.md ] || { rm -rf $out; distillscope explain --student runs/c10k-ta/s$s/1-* --teacher $R/wrn_40_2-s0 \
+    --base $R/resnet8_ce-s$s --only cam --layers stage:0 stage:1 stage:2 --labels text --out $out; }
+done
 O=runs/c10k-df
 for mode in noise deepdream deepinversion; do
   distillscope synthesize $R/wrn_40_2-s0 --mode $mode --n $N --steps $STEPS --size 32 --seed 0 --out $O/$mode
