@@ -14,6 +14,7 @@ set -euo pipefail
 C=configs/cifar10_5k R=runs/c10k D=cifar10:../shared/datasets/cifar10-5k/cifar-10-batches-py
 N=${N:-1024} STEPS=${STEPS:-200} SEEDS=0,1,2
 par=(--workers ${WORKERS:-2} ${THREADS:+--threads $THREADS})
+[ -z "${THREADS:-}" ] || export OMP_NUM_THREADS=$THREADS  # synthesize, explain and eval take torch's thread count from it
 
 distillscope sweep $C/resnet8_mtkd.yaml $C/resnet8_aekd.yaml $C/resnet8_sfkd_aekd.yaml \
   --seeds $SEEDS --set run.keep_every=3 "${par[@]}" --out runs/c10k-mt
