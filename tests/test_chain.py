@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from distillscope.chain import run_chain
+from distillscope.config import load_config
 from distillscope.cli import main
 from distillscope.engine import Trainer, TrainingInterrupted
 from distillscope.errors import DistillscopeError
@@ -63,3 +64,21 @@ def test_chain_resumes_after_an_interruption_and_skips_finished_steps(tmp_path, 
 def test_chain_needs_two_steps(tmp_path):
     with pytest.raises(DistillscopeError, match="at least two configs"):
         run_chain(_recipes(tmp_path)[:1], tmp_path / "out")
+
+
+def test_table_shows_a_chain_step_apart_from_the_same_config_distilled_directly(tmp_path):
+    from distillscope.report.tables import read_summaries, table_rows
+
+    paths = _recipes(tmp_path)
+    for seed in (0, 1):
+        run_chain(paths, tmp_path / f"chain-s{seed}", [f"seed={seed}"], echo=lambda _: None)
+        direct = load_config(paths[1], [f"seed={seed}", "teacher.name=resnet14", f"teacher.checkpoint={tmp_path / 'chain-s0' / '0-t'}"])
+        Trainer(direct, tmp_path / f"direct-s{seed}").fit()
+    assert json.loads((tmp_path / "chain-s1" / "1-s" / "chain.json").read_text()) == {"step": 1, "steps": ["t", "s"]}
+
+    folders = [tmp_path / f"chain-s{seed}" / step for seed in (0, 1) for step in ("0-t", "1-s")] + [tmp_path / f"direct-s{seed}" for seed in (0, 1)]
+    rows = {row["run"]: row for row in table_rows(read_summaries(folders))}
+    assert set(rows) == {"t", "t → s", "s"}
+    assert rows["t → s"]["seeds"] == [0, 1] and rows["s"]["seeds"] == [0, 1]
+    assert rows["t → s"]["notes"] == ""  # each seed distils from its own assistant: expected, not a difference
+    assert "teacher.checkpoint" not in rows["s"]["notes"]  # both direct seeds share one teacher

@@ -4,6 +4,8 @@
 folder ``DIR/{i}-{name}``; every step after the first distils from the previous step's run (its
 ``teacher.name`` and ``teacher.checkpoint`` are set to that run's student and folder). Re-running the same
 command resumes the chain: finished steps (``summary.json``) are skipped, an interrupted one is resumed.
+Each finished step gets a ``chain.json`` (its index and the chain's step names), so ``table`` shows a distilled
+step as its own row, ``assistant → student``, apart from runs of the same config distilled directly.
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from .config import load_config
 from .errors import DistillscopeError
 
 
-def step_folders(configs: list[str | Path], out: str | Path) -> list[Path]:
-    """The run folder of each step: ``out/{i}-{config name}``."""
-    return [Path(out) / f"{i}-{load_config(c).name}" for i, c in enumerate(configs)]
+def write_record(folder: Path, step: int, names: list[str]) -> None:
+    """``chain.json``: the step's index and the names of every step of its chain (``table`` reads it)."""
+    (folder / "chain.json").write_text(json.dumps({"step": step, "steps": names}, indent=2) + "\n")
 
 
 def run_chain(configs: list[str | Path], out: str | Path, overrides: list[str] = (), echo=print) -> list[dict]:
@@ -26,7 +28,9 @@ def run_chain(configs: list[str | Path], out: str | Path, overrides: list[str] =
     if len(configs) < 2:
         raise DistillscopeError("chain: give at least two configs (a teacher and a student), in training order")
     summaries, previous, previous_folder = [], None, None
-    for i, (path, folder) in enumerate(zip(configs, step_folders(configs, out))):
+    names = [load_config(path).name for path in configs]
+    for i, (path, name) in enumerate(zip(configs, names)):
+        folder = Path(out) / f"{i}-{name}"
         extra = list(overrides)
         if previous is not None:
             extra += [f"teacher.name={previous.student.name}", f"teacher.checkpoint={previous_folder}"]
@@ -40,5 +44,6 @@ def run_chain(configs: list[str | Path], out: str | Path, overrides: list[str] =
             resume = (folder / "config.yaml").is_file()
             echo(f"chain step {i}: {'resuming' if resume else 'training'} {config.name} -> {folder}")
             summaries.append(Trainer(config, folder, resume=resume).fit())
+        write_record(folder, i, names)
         previous, previous_folder = config, folder
     return summaries

@@ -47,16 +47,17 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
 
 
 def read_summaries(run_dirs: list[str | Path]) -> list[dict]:
-    """Each run's ``summary.json`` plus ``folder``, ``sweep`` (its sweep.json or None) and, for summaries
-    written before they recorded it, ``config`` from the folder's config.yaml."""
+    """Each run's ``summary.json`` plus ``folder``, ``sweep`` and ``chain`` (its sweep.json and chain.json, or
+    None) and, for summaries written before they recorded it, ``config`` from the folder's config.yaml."""
     summaries = []
     for run in map(Path, run_dirs):
         path = run / "summary.json"
         if not path.is_file():
             raise DistillscopeError(f"'{run}' has no summary.json; is it a finished run folder?")
         summary = {**json.loads(path.read_text()), "folder": str(run)}
-        sweep = run / "sweep.json"
-        summary["sweep"] = json.loads(sweep.read_text()) if sweep.is_file() else None
+        for record in ("sweep", "chain"):
+            path = run / f"{record}.json"
+            summary[record] = json.loads(path.read_text()) if path.is_file() else None
         if "config" not in summary and (run / "config.yaml").is_file():
             summary["config"] = yaml.safe_load((run / "config.yaml").read_text())
         summaries.append(summary)
@@ -100,8 +101,21 @@ def _comparable(summary: dict) -> dict | None:
     for key, template in ((summary.get("sweep") or {}).get("templates") or {}).items():
         flat = {k: v for k, v in flat.items() if k != key and not k.startswith(key + ".")}
         flat[key] = template
+    if _chain_step(summary):
+        flat["teacher.checkpoint"] = f"step {_chain_step(summary) - 1} of the chain"  # each seed's own assistant
     flat["precision used"] = summary.get("precision", "?")
     return flat
+
+
+def _chain_step(summary: dict) -> int:
+    """The run's step in a ``distillscope chain`` (0: not distilled from an earlier step)."""
+    return (summary.get("chain") or {}).get("step", 0)
+
+
+def _row_name(summary: dict) -> str:
+    """The config name; a chain's later steps as the chain up to them (``assistant → student``)."""
+    step = _chain_step(summary)
+    return " → ".join(summary["chain"]["steps"][: step + 1]) if step else summary["name"]
 
 
 def _unique(values) -> list:
@@ -127,7 +141,7 @@ def table_rows(summaries: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         point = tuple(((s.get("sweep") or {}).get("grid") or {}).items())
-        groups.setdefault((s["name"], point), []).append(s)
+        groups.setdefault((_row_name(s), point), []).append(s)
     rows = []
     for (name, point), runs in groups.items():
         best = [r["best"] for r in runs if r.get("best")]
