@@ -19,10 +19,8 @@ par=(--workers ${WORKERS:-2} ${THREADS:+--threads $THREADS})
 distillscope sweep $C/resnet8_mtkd.yaml $C/resnet8_aekd.yaml $C/resnet8_sfkd_aekd.yaml \
   --seeds $SEEDS --set run.keep_every=3 "${par[@]}" --out runs/c10k-mt
 
-for s in ${SEEDS//,/ }; do
-  distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --set seed=$s --set run.threads=${THREADS:-2} --set run.keep_every=3 \
-    --out runs/c10k-ta/s$s
-done
+distillscope chain $C/wrn_16_2_kd.yaml $C/resnet8_kd.yaml --seeds $SEEDS --set run.threads=${THREADS:-2} --set run.keep_every=3 \
+  --out runs/c10k-ta  # runs/c10k-ta/s{seed}/{0-assistant,1-student}
 
 # paper 002's TA analysis: FSS/RS per stage of each chain student against teacher seed 0, its CE base beside
 for s in ${SEEDS//,/ }; do

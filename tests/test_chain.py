@@ -66,17 +66,18 @@ def test_chain_needs_two_steps(tmp_path):
         run_chain(_recipes(tmp_path)[:1], tmp_path / "out")
 
 
-def test_table_shows_a_chain_step_apart_from_the_same_config_distilled_directly(tmp_path):
+def test_chain_per_seed_and_its_table_row_apart_from_the_same_config_distilled_directly(tmp_path):
     from distillscope.report.tables import read_summaries, table_rows
 
     paths = _recipes(tmp_path)
+    assert main(["chain", *map(str, paths), "--seeds", "0,1", "--out", str(tmp_path / "chain")]) == 0  # one chain per seed
     for seed in (0, 1):
-        run_chain(paths, tmp_path / f"chain-s{seed}", [f"seed={seed}"], echo=lambda _: None)
-        direct = load_config(paths[1], [f"seed={seed}", "teacher.name=resnet14", f"teacher.checkpoint={tmp_path / 'chain-s0' / '0-t'}"])
+        direct = load_config(paths[1], [f"seed={seed}", "teacher.name=resnet14", f"teacher.checkpoint={tmp_path / 'chain' / 's0' / '0-t'}"])
         Trainer(direct, tmp_path / f"direct-s{seed}").fit()
-    assert json.loads((tmp_path / "chain-s1" / "1-s" / "chain.json").read_text()) == {"step": 1, "steps": ["t", "s"]}
+    assert json.loads((tmp_path / "chain" / "s1" / "1-s" / "chain.json").read_text()) == {"step": 1, "steps": ["t", "s"]}
+    assert [json.loads((tmp_path / "chain" / f"s{seed}" / "1-s" / "summary.json").read_text())["seed"] for seed in (0, 1)] == [0, 1]
 
-    folders = [tmp_path / f"chain-s{seed}" / step for seed in (0, 1) for step in ("0-t", "1-s")] + [tmp_path / f"direct-s{seed}" for seed in (0, 1)]
+    folders = [tmp_path / "chain" / f"s{seed}" / step for seed in (0, 1) for step in ("0-t", "1-s")] + [tmp_path / f"direct-s{seed}" for seed in (0, 1)]
     rows = {row["run"]: row for row in table_rows(read_summaries(folders))}
     assert set(rows) == {"t", "t → s", "s"}
     assert rows["t → s"]["seeds"] == [0, 1] and rows["s"]["seeds"] == [0, 1]

@@ -245,9 +245,14 @@ def _cmd_synthesize(args) -> None:
 def _cmd_chain(args) -> None:
     from .chain import run_chain
 
-    summaries = run_chain(args.configs, args.out, args.set)
-    for i, summary in enumerate(summaries):
-        print(f"step {i}: {summary['name']} ({summary['student']}): last epoch test top-1 {summary['last']['test/top1']:.2f}%")
+    from .sweep import parse_seeds
+
+    chains = [(Path(args.out), args.set)] if args.seeds is None else [
+        (Path(args.out) / f"s{seed}", [*args.set, f"seed={seed}"]) for seed in parse_seeds(args.seeds)]
+    for out, overrides in chains:
+        summaries = run_chain(args.configs, out, overrides)
+        for i, summary in enumerate(summaries):
+            print(f"{out} step {i}: {summary['name']} ({summary['student']}): last epoch test top-1 {summary['last']['test/top1']:.2f}%")
 
 
 def import_modules(names: list[str]) -> None:
@@ -450,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chain", help="teacher -> assistant -> student: train configs in order, each distilling from the previous run; re-run resumes")
     p.add_argument("configs", nargs="+", help="YAML recipes in training order (the first is the teacher)")
-    p.add_argument("--out", required=True, help="folder for the step runs (OUT/{i}-{name})")
+    p.add_argument("--out", required=True, help="folder for the step runs (OUT/{i}-{name}; with --seeds OUT/s{seed}/{i}-{name})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override applied to every step, e.g. --set epochs=5")
+    p.add_argument("--seeds", help="one whole chain per seed, in turn: 0,1,2 or 0-4 (every step gets seed=S)")
     p.set_defaults(func=_cmd_chain)
 
     p = sub.add_parser("explain", help="one HTML report of a distillation: curves, accuracy, calibration, similarity, Grad-CAM/UniCAM, FSS/RS, ...")
