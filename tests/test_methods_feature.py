@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import truncnorm
 from torch import nn
+from torch.nn import functional as F
 
 from distillscope import cli
 from distillscope.config import load_config
@@ -334,7 +335,8 @@ def test_simkd_loss_classifier_and_deployable_model():
     method.build({"f": s_feat.shape}, {"f": t_feat.shape}, info_for(classes=10))
     assert torch.equal(method.fc.weight, teacher.fc.weight) and not method.fc.weight.requires_grad
     method.eval()
-    loss = method(Outputs(torch.zeros(2, 10), {"f": s_feat}), Outputs(torch.zeros(2, 10), {"f": t_feat}), Batch(x, torch.tensor([0, 1]), torch.arange(2)), 0)
+    outputs = Outputs(torch.zeros(2, 10), {"f": s_feat})
+    loss = method(outputs, Outputs(torch.zeros(2, 10), {"f": t_feat}), Batch(x, torch.tensor([0, 1]), torch.arange(2)), 0)
     assert set(loss) == {"simkd"}  # no label loss by default
     with torch.no_grad():
         projected = method.projector(s_feat)
@@ -343,6 +345,7 @@ def test_simkd_loss_classifier_and_deployable_model():
         logits = model(x)
         pooled = projected.mean(dim=(2, 3))
         assert torch.allclose(logits, pooled @ teacher.fc.weight.T + teacher.fc.bias, atol=1e-5)
+        assert torch.allclose(outputs.predictions, logits, atol=1e-5)  # train top-1 reads what the deployable predicts
     assert model.stage_taps[-1] == "projector" and model.embedding_tap == "fc@input"
     emb = FeatureTaps(model, ["embedding", "stage:-1"])(x)[1]
     assert torch.allclose(emb["embedding"], emb["stage:-1"].mean(dim=(2, 3)), atol=1e-6)
@@ -428,6 +431,7 @@ def test_recipe_trains_and_resumes_exactly(name, tiny_teacher, tmp_path, interru
 def test_simkd_checkpoint_is_a_whole_model_for_load_model_and_eval(tiny_teacher, tmp_path, capsys):
     summary = Trainer(_recipe("simkd", tiny_teacher), tmp_path / "run").fit()
     model, state = load_model(tmp_path / "run")
+
     assert type(model).__name__ == "ProjectedStudent" and state["model"] == "resnet8"
     assert not any(p.requires_grad is False and "projector" in n for n, p in model.named_parameters())
     capsys.readouterr()
@@ -439,3 +443,19 @@ def test_simkd_checkpoint_is_a_whole_model_for_load_model_and_eval(tiny_teacher,
     assert plain["nll"] != pytest.approx(metrics["nll"], rel=1e-3)  # the student's own head predicts differently
     last, _ = load_model(tmp_path / "run" / "last.safetensors")
     assert type(last).__name__ == "ProjectedStudent"
+
+
+def test_train_top1_reads_the_predictions_a_method_sets(tiny_teacher, tmp_path, monkeypatch):
+    from distillscope.methods.simkd import SimKD
+
+    original = SimKD.distill_losses
+
+    def perfect(self, student, teacher, batch, epoch):  # the method's prediction: always right
+        losses = original(self, student, teacher, batch, epoch)
+        student.predictions = F.one_hot(batch.targets, student.logits.shape[1]).float()
+        return losses
+
+    monkeypatch.setattr(SimKD, "distill_losses", perfect)
+    Trainer(_recipe("simkd", tiny_teacher), tmp_path / "run").fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["train/top1"] for row in rows] == [100.0] * len(rows)

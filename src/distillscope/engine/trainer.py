@@ -416,7 +416,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return logits.detach(), losses
+        return (logits if student.predictions is None else student.predictions).detach(), losses
 
     def train_epoch(self, epoch: int) -> None:
         """One pass over the training set (or the rest of it, after a mid-epoch resume)."""

@@ -53,6 +53,7 @@ class Outputs:
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     view: Outputs | None = None  # the same model on the method's extra view (``needs_extra_view``)
+    predictions: torch.Tensor | None = None  # set by a method whose deployable model predicts otherwise (SimKD); train top-1 reads it
 
 
 class DistillMethod(nn.Module):

@@ -64,8 +64,8 @@ class SimKD(DistillMethod):
     through P and that classifier, which the trainer evaluates and saves and ``load_model`` rebuilds.
     Defaults are the authors' CIFAR-100 runs (``--distill simkd -c 0 -d 0 -b 1 --factor 2``): no label loss
     (``ce_weight`` 0), ``simkd_weight`` 1, ``factor`` 2, on the last stage of each model. The student's own
-    classifier is not trained, so ``train/top1`` (read from it) means nothing for SimKD; val/test use the
-    deployable model.
+    classifier is not trained; ``train/top1``, like val/test, reads the prediction through the projector and
+    the teacher's classifier.
     """
 
     def __init__(self, simkd_weight: float = 1.0, factor: int = 2, student_tap: str = "stage:-1", teacher_tap: str = "stage:-1",
@@ -107,6 +107,7 @@ class SimKD(DistillMethod):
     def distill_losses(self, student, teacher, batch, epoch):
         projected = self.projector(pool_to(student.features["f"], self.grid))
         target = pool_to(teacher.features["f"].detach(), self.grid)
+        student.predictions = self.fc(projected.detach().mean(dim=(2, 3)))  # what the deployable model predicts
         return {"simkd": self.simkd_weight * simkd_loss(projected, target)}
 
     def deployable(self, student: nn.Module) -> nn.Module:
