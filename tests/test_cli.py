@@ -100,3 +100,17 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"distillscope {distillscope.__version__}"
+
+
+def test_threads_sets_torchs_cpu_threads_for_the_command(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["--threads", "1", "list", "methods"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["--threads", "0", "list", "methods"]) == 2
+    assert "--threads 0: give at least 1" in capsys.readouterr().err

@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillscope", description="Distil a teacher into a student, then show what it learned.")
     parser.add_argument("--version", action="version", version=f"distillscope {__version__}")
     _add_import_flag(parser, "imports")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for this command, e.g. explain or synthesize beside a training "
+                        "(default: torch's; a recipe's run.threads wins in train, sweep has its own --threads)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="print registered models, methods or datasets")
@@ -485,6 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_threads(threads: int) -> None:
+    """``--threads``: torch's intra-op CPU threads for the whole command."""
+    if threads < 1:
+        raise DistillscopeError(f"--threads {threads}: give at least 1 (the CPU threads torch may use)")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     from .errors import DistillscopeWarning
 
@@ -501,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        if args.threads is not None:
+            set_threads(args.threads)
         import_modules(args.imports + args.command_imports)
         return args.func(args) or 0
     except DistillscopeError as err:
