@@ -431,7 +431,6 @@ def test_recipe_trains_and_resumes_exactly(name, tiny_teacher, tmp_path, interru
 def test_simkd_checkpoint_is_a_whole_model_for_load_model_and_eval(tiny_teacher, tmp_path, capsys):
     summary = Trainer(_recipe("simkd", tiny_teacher), tmp_path / "run").fit()
     model, state = load_model(tmp_path / "run")
-
     assert type(model).__name__ == "ProjectedStudent" and state["model"] == "resnet8"
     assert not any(p.requires_grad is False and "projector" in n for n, p in model.named_parameters())
     capsys.readouterr()

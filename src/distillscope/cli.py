@@ -244,7 +244,6 @@ def _cmd_synthesize(args) -> None:
 
 def _cmd_chain(args) -> None:
     from .chain import run_chain
-
     from .sweep import parse_seeds
 
     chains = [(Path(args.out), args.set)] if args.seeds is None else [

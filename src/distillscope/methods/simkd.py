@@ -27,6 +27,11 @@ def simkd_loss(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(projected, teacher)
 
 
+def classify(fc: nn.Linear, projected: torch.Tensor) -> torch.Tensor:
+    """The teacher's classifier on the globally average-pooled projected map: SimKD's prediction."""
+    return fc(torch.flatten(F.adaptive_avg_pool2d(projected, 1), 1))
+
+
 class ProjectedStudent(nn.Module):
     """The deployable SimKD model: student backbone up to ``tap``, average-pooled to ``grid`` where larger,
     the projector, global average pooling and the teacher's frozen classifier ``fc``.
@@ -51,7 +56,7 @@ class ProjectedStudent(nn.Module):
         with FeatureTaps(self.backbone, {"feature": self.tap}) as taps:
             feature = taps(x)[1]["feature"]
         projected = self.projector(pool_to(feature, self.grid))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(projected, 1), 1))
+        return classify(self.fc, projected)
 
 
 @register_method("simkd")
@@ -107,7 +112,7 @@ class SimKD(DistillMethod):
     def distill_losses(self, student, teacher, batch, epoch):
         projected = self.projector(pool_to(student.features["f"], self.grid))
         target = pool_to(teacher.features["f"].detach(), self.grid)
-        student.predictions = self.fc(projected.detach().mean(dim=(2, 3)))  # what the deployable model predicts
+        student.predictions = classify(self.fc, projected.detach())  # what the deployable model predicts
         return {"simkd": self.simkd_weight * simkd_loss(projected, target)}
 
     def deployable(self, student: nn.Module) -> nn.Module:

@@ -56,8 +56,8 @@ def read_summaries(run_dirs: list[str | Path]) -> list[dict]:
             raise DistillscopeError(f"'{run}' has no summary.json; is it a finished run folder?")
         summary = {**json.loads(path.read_text()), "folder": str(run)}
         for record in ("sweep", "chain"):
-            path = run / f"{record}.json"
-            summary[record] = json.loads(path.read_text()) if path.is_file() else None
+            record_path = run / f"{record}.json"
+            summary[record] = json.loads(record_path.read_text()) if record_path.is_file() else None
         if "config" not in summary and (run / "config.yaml").is_file():
             summary["config"] = yaml.safe_load((run / "config.yaml").read_text())
         summaries.append(summary)
@@ -101,8 +101,9 @@ def _comparable(summary: dict) -> dict | None:
     for key, template in ((summary.get("sweep") or {}).get("templates") or {}).items():
         flat = {k: v for k, v in flat.items() if k != key and not k.startswith(key + ".")}
         flat[key] = template
-    if _chain_step(summary):
-        flat["teacher.checkpoint"] = f"step {_chain_step(summary) - 1} of the chain"  # each seed's own assistant
+    step = _chain_step(summary)
+    if step:
+        flat["teacher.checkpoint"] = f"step {step - 1} of the chain"  # each seed's own assistant
     flat["precision used"] = summary.get("precision", "?")
     return flat
 
