@@ -13,6 +13,7 @@
 # WORKERS sets parallel runs (default 2), THREADS torch threads per run (chains: THREADS or 2); PRECISION pins
 # run.precision (e.g. fp32, as docs/results.md's rows, on a CPU where `auto` picks bf16).
 set -euo pipefail
+shopt -s nullglob
 C=configs/cifar10_5k R=runs/c10k D=cifar10:../shared/datasets/cifar10-5k/cifar-10-batches-py
 N=${N:-1024} STEPS=${STEPS:-200} SEEDS=0,1,2
 prec=(${PRECISION:+--set run.precision=$PRECISION})

@@ -1,0 +1,68 @@
+"""The cifar10-5k bench scripts' plumbing: which commands they issue, with a stub ``distillscope`` that records them."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+# Records each call; a sweep makes one finished-looking run folder under its --out; eval prints a JSON object.
+STUB = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+args=("$@")
+for i in "${!args[@]}"; do
+  [ "${args[$i]}" = --out ] && [[ " $* " == *" sweep "* ]] && mkdir -p "${args[$((i + 1))]}/resnet8_kd-s0"
+done
+[[ " $* " == *" eval "* ]] && echo '{"test/top1": 50.0}'
+exit 0
+"""
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def run_script(name: str, tmp_path: Path, **env: str) -> list[str]:
+    stub = tmp_path / "bin" / "distillscope"
+    stub.parent.mkdir()
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    full_env = {**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls), **env}
+    subprocess.run(["bash", str(BENCH / name)], cwd=tmp_path, env=full_env, check=True, capture_output=True, text=True)
+    return calls.read_text().splitlines()
+
+
+@needs_bash
+def test_teachers_script_data_free_part_only_with_pinned_precision(tmp_path):
+    calls = run_script("cifar10_5k_teachers.sh", tmp_path, PARTS="df", PRECISION="fp32", THREADS="1", WORKERS="1")
+    commands = [c.split()[0] if not c.startswith("--threads") else c.split()[2] for c in calls]
+    assert commands == ["synthesize", "sweep"] * 3 + ["sweep"] + ["eval", "eval"] * 4
+    assert all(c.startswith("--threads 1 ") for c in calls if " sweep " not in f" {c} ")
+    sweeps = [c for c in calls if c.startswith("sweep ")]
+    assert all("--set run.precision=fp32" in c and "--workers 1 --threads 1" in c for c in sweeps)
+    assert "--set method.ce_weight=0" in sweeps[0] and "folder:runs/c10k-df/noise" in sweeps[0]
+    assert "resnet8_sfkd_kd.yaml" in sweeps[-1] and "folder:runs/c10k-df/deepinversion" in sweeps[-1]
+    rows = (tmp_path / "runs/c10k-df/real_test.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and all('"best": {"test/top1": 50.0}' in r for r in rows)
+
+
+@needs_bash
+def test_teachers_script_default_runs_every_part_without_pinning(tmp_path):
+    calls = run_script("cifar10_5k_teachers.sh", tmp_path)
+    assert [c.split()[0] for c in calls if c.split()[0] in ("chain", "explain")] == ["chain"] + ["explain"] * 3
+    sweeps = [c for c in calls if c.startswith("sweep ")]
+    assert "resnet8_mtkd.yaml" in sweeps[0] and "resnet8_aekd_f.yaml" in sweeps[-1]
+    assert not any("run.precision" in c or "--threads" in c for c in calls)
+
+
+@needs_bash
+def test_sfkd_script_passes_precision_and_uses_the_k_chosen_on_validation(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/chosen_on_val.py").write_text("print(0.7)\n")
+    calls = run_script("cifar10_5k_sfkd_k.sh", tmp_path, PRECISION="fp32", WORKERS="1")
+    # no arguments: all six methods, each a grid on seed 0 and then seeds 0, 1, 2 at the chosen K
+    assert len(calls) == 12 and all("--set run.precision=fp32" in c for c in calls)
+    assert "--grid resnet8_sfkd_kd:method.mask.logits=0.5,0.6,0.7,0.8,0.9" in calls[0] and "--seeds 0 " in calls[0]
+    assert "--grid resnet8_sfkd_kd:method.mask.logits=0.7" in calls[1] and "--seeds 0,1,2 " in calls[1]
+    assert "method.mask.features=0.1,0.2,0.3,0.4,0.5" in calls[6]
