@@ -25,11 +25,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_overrides():
-    """Overrides for a fast CPU run: small shapes set at 16x16, resnet8, 2 epochs."""
+    """Overrides for a fast CPU run: small shapes set at 16x16, resnet8, 2 epochs, fp32 (``auto`` would pick bf16
+    on a CPU with native bf16, and the tolerances here are fp32's; tests/test_precision.py covers ``auto``)."""
     return [
         "epochs=2", "data.spec=shapes?n=160&size=16&n_test=40", "data.val_fraction=0.2", "data.batch_size=32",
         "data.num_workers=0", "student.name=resnet8", "optim.lr=0.05", "optim.schedule=cosine",
-        "run.progress=false", "run.threads=1", "run.device=cpu",
+        "run.progress=false", "run.threads=1", "run.device=cpu", "run.precision=fp32",
     ]
 
 

@@ -24,7 +24,7 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 
 def run_script(name: str, tmp_path: Path, **env: str) -> list[str]:
     stub = tmp_path / "bin" / "distillscope"
-    stub.parent.mkdir()
+    stub.parent.mkdir(parents=True)
     stub.write_text(STUB)
     stub.chmod(0o755)
     calls = tmp_path / "calls.txt"
@@ -66,3 +66,11 @@ def test_sfkd_script_passes_precision_and_uses_the_k_chosen_on_validation(tmp_pa
     assert "--grid resnet8_sfkd_kd:method.mask.logits=0.5,0.6,0.7,0.8,0.9" in calls[0] and "--seeds 0 " in calls[0]
     assert "--grid resnet8_sfkd_kd:method.mask.logits=0.7" in calls[1] and "--seeds 0,1,2 " in calls[1]
     assert "method.mask.features=0.1,0.2,0.3,0.4,0.5" in calls[6]
+
+
+@needs_bash
+def test_sweep_script_pins_precision_for_teacher_cache_and_runs_alike(tmp_path):
+    calls = run_script("cifar10_5k_sweep.sh", tmp_path, PRECISION="fp32")
+    assert [c.split()[0] for c in calls] == ["sweep", "cache", "sweep"]  # teacher, its cache, then every row
+    assert all("--set run.precision=fp32" in c for c in calls)  # a cache in another precision would never be read
+    assert not any("run.precision" in c for c in run_script("cifar10_5k_sweep.sh", tmp_path / "plain"))

@@ -242,7 +242,7 @@ def test_cli_cache_build_from_a_multi_teacher_recipe_fills_one_cache_per_teacher
     recipe = tmp_path / "mtkd.yaml"
     recipe.write_text(yaml.safe_dump({"data": {"spec": cfg.data.spec, "val_fraction": cfg.data.val_fraction, "augment": False},
                                       "teachers": [{"name": "resnet8", "checkpoint": str(t)} for t in teachers],
-                                      "method": {"name": "mtkd"}, "run": {"device": "cpu", "teacher_cache": str(tmp_path / "root")}}))
+                                      "method": {"name": "mtkd"}, "run": {"device": "cpu", "precision": "fp32", "teacher_cache": str(tmp_path / "root")}}))
     assert main(["cache", "build", "--config", str(recipe)]) == 0
     assert capsys.readouterr().out.count("views filled") == 2
     assert len({c["folder"] for c in list_caches(tmp_path / "root")}) == 2
@@ -408,7 +408,7 @@ def test_two_processes_share_one_cache_first_writer_wins(tmp_path):
 def test_cli_cache_build_then_a_run_on_it_never_calls_the_teacher(tmp_path, tiny_overrides, teachers, capsys):
     from distillscope.cli import main
 
-    sets = ["data.augment=false", "data.spec=shapes?n=60&size=16&n_test=20", "data.val_fraction=0.2", "run.device=cpu"]
+    sets = ["data.augment=false", "data.spec=shapes?n=60&size=16&n_test=20", "data.val_fraction=0.2", "run.device=cpu", "run.precision=fp32"]
     argv = ["cache", "build", str(teachers[0]), "--data", "shapes?n=60&size=16&n_test=20", "--dir", str(tmp_path / "root")]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
     assert "50 images x 1 views filled" in capsys.readouterr().out
@@ -434,5 +434,5 @@ def test_speed_bench_quick_run_writes_its_section(tmp_path):
     assert modes == bench.MODES
     assert all(float(line.split("|")[8]) >= 0 for line in text.splitlines() if line.startswith("| resnet8→resnet8 | fp32 | ") and line.count("|") == 9)
     targets = [line for line in text.splitlines() if line.endswith(("| met |", "| MISSED |", "| info |"))]
-    assert len(targets) == 6
+    assert len(targets) == 6 * len(bench.common.settings("cpu"))  # a block per precision: fp32, and bf16 where native
     assert out.read_text().startswith("# Benchmarks\n\nkept\n\n" + bench.START) and out.read_text().endswith(bench.END + "\n")

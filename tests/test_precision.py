@@ -15,8 +15,9 @@ def test_auto_is_fp32_without_native_bf16(monkeypatch):
     assert name == "fp32" and "no native bf16" in reason and calls == []
 
 
-def test_auto_measures_both_once_and_picks_the_faster(monkeypatch):
+def test_auto_measures_both_once_and_picks_the_faster(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "_cache_file", lambda: tmp_path / "precision.json")  # not other tests' measurements
     calls = []
     fake = {None: 0.2, torch.bfloat16: 0.1}
     probe = lambda dtype: calls.append(dtype) or fake[dtype]

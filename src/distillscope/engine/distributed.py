@@ -79,6 +79,14 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def agree(self, value):
+        """Rank 0's ``value`` (any picklable object) on every rank, e.g. a choice timed on each rank."""
+        if not self.enabled:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def average_gradients(self, params: list[nn.Parameter]) -> None:
         """Average the gradients of parameters outside DDP (method adapters, a trained teacher) over ranks."""
         if not self.enabled or not params:
