@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -436,3 +437,16 @@ def test_speed_bench_quick_run_writes_its_section(tmp_path):
     targets = [line for line in text.splitlines() if line.endswith(("| met |", "| MISSED |", "| info |"))]
     assert len(targets) == 6 * len(bench.common.settings("cpu"))  # a block per precision: fp32, and bf16 where native
     assert out.read_text().startswith("# Benchmarks\n\nkept\n\n" + bench.START) and out.read_text().endswith(bench.END + "\n")
+
+
+def test_cache_build_warns_when_auto_precision_is_left_untimed(tmp_path, tiny_overrides, teachers, monkeypatch):
+    import distillscope.engine.precision as precision
+    from distillscope.errors import DistillscopeWarning
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    with pytest.warns(DistillscopeWarning, match="pin the precision of the cache and the runs alike"):
+        [(cache, _)] = build_cache(_kd(tiny_overrides, teachers[0], tmp_path / "auto", "data.augment=false", "run.precision=auto"))
+    assert json.loads((cache.folder / "meta.json").read_text())["key"]["precision"] == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DistillscopeWarning)
+        build_cache(_kd(tiny_overrides, teachers[0], tmp_path / "pinned", "data.augment=false"))  # fp32, pinned: no warning

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..data import ArrayDataset, Batch, Loader, apply_augmentation, index_and_targets, normalize
-from ..errors import DistillscopeError
+from ..errors import DistillscopeError, warn
 from ..models import FeatureTaps, canonical_tap
 from ..userdirs import user_cache_dir
 
@@ -486,7 +486,10 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     if not specs or not all(spec.checkpoint for spec in specs):
         raise DistillscopeError("cache build: give the teacher checkpoint (a run folder or .safetensors), or a --config whose teachers have checkpoints")
     device = pick_device(config.run.device)
-    precision = choose_precision(config.run.precision, device)[0]  # unmeasured: on native-bf16 hardware `auto` runs may measure fp32 faster
+    precision, reason = choose_precision(config.run.precision, device)
+    if reason.endswith("(not measured)"):
+        warn(f"cache build: run.precision=auto gives a bf16 cache here without timing; runs with auto time fp32 against bf16 and "
+             f"read this cache only if they pick bf16: pin the precision of the cache and the runs alike (--set run.precision=bf16 or fp32)")
     amp_dtype = AMP_DTYPES[precision]
     d = config.data
     data = load_data(d.spec, d.val_fraction, d.split_seed)
