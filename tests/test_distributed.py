@@ -78,7 +78,7 @@ def test_all_reduce_batch_norm_is_batch_norm_over_the_whole_batch(tmp_path):
 def _agree_rank(rank: int, world: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     mine = ("bf16", "auto: measured on rank 0") if rank == 0 else ("fp32", "auto: measured on rank 1")
-    Path(f"{out}.{rank}").write_text(json.dumps(Distributed(rank=rank, world=world).agree(mine)))
+    Path(f"{out}.{rank}").write_text(json.dumps(Distributed(rank=rank, world=world).agree(mine, torch.device("cpu"))))
     dist.destroy_process_group()
 
 
@@ -86,7 +86,7 @@ def test_ranks_agree_on_rank_0s_choice(tmp_path):
     """What each rank times for ``precision: auto`` may differ; every rank must train in rank 0's choice."""
     torch.multiprocessing.spawn(_agree_rank, args=(2, f"file://{tmp_path / 'pg'}", str(tmp_path / "r")), nprocs=2)
     assert [json.loads((tmp_path / f"r.{r}").read_text()) for r in range(2)] == [["bf16", "auto: measured on rank 0"]] * 2
-    assert Distributed().agree(("fp32", "x")) == ("fp32", "x")  # one process: its own value
+    assert Distributed().agree(("fp32", "x"), torch.device("cpu")) == ("fp32", "x")  # one process: its own value
 
 
 def _train(args: list[str], env: dict, nproc: int) -> None:

@@ -488,8 +488,8 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     device = pick_device(config.run.device)
     precision, reason = choose_precision(config.run.precision, device)
     if reason.endswith("(not measured)"):
-        warn(f"cache build: run.precision=auto gives a bf16 cache here without timing; runs with auto time fp32 against bf16 and "
-             f"read this cache only if they pick bf16: pin the precision of the cache and the runs alike (--set run.precision=bf16 or fp32)")
+        warn("cache build: run.precision=auto gives a bf16 cache here without timing; runs with auto time fp32 against bf16 and "
+             "read this cache only if they pick bf16: pin the precision of the cache and the runs alike (--set run.precision=bf16 or fp32)")
     amp_dtype = AMP_DTYPES[precision]
     d = config.data
     data = load_data(d.spec, d.val_fraction, d.split_seed)

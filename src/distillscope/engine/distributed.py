@@ -79,12 +79,12 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def agree(self, value):
+    def agree(self, value, device: torch.device):
         """Rank 0's ``value`` (any picklable object) on every rank, e.g. a choice timed on each rank."""
         if not self.enabled:
             return value
         holder = [value]
-        dist.broadcast_object_list(holder, src=0)
+        dist.broadcast_object_list(holder, src=0, device=device if device.type == "cuda" else None)
         return holder[0]
 
     def average_gradients(self, params: list[nn.Parameter]) -> None:

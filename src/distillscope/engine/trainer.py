@@ -129,7 +129,7 @@ class Trainer:
         self.teacher = self._load_teacher(config.teacher)
         self.teachers = [self._load_teacher(t, f"teachers[{i}]") for i, t in enumerate(config.teachers)]  # multi-teacher methods
         chosen = self._saved_precision() if resume else choose_precision(config.run.precision, self.device, self._time_step, self._precision_key())
-        self._set_precision(*self.dist.agree(chosen))  # auto times each rank: all take rank 0's choice
+        self._set_precision(*self.dist.agree(chosen, self.device))  # auto times each rank: all take rank 0's choice
         params = {k: v for k, v in config.method.items() if k != "name"}
         self.method = create_method(config.method["name"], **params)
         student_taps, teacher_taps = self.method.taps(self.student, self.teacher)
