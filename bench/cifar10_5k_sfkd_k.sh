@@ -11,12 +11,12 @@ set -euo pipefail
 C=configs/cifar10_5k O=runs/c10k-sfkd
 declare -A KEY=([kd]=logits [dkd]=logits [mlkd]=logits [fitnet]=features [crd]=features [at]=attention)
 declare -A GRID=([fitnet]=0.1,0.2,0.3,0.4,0.5)
+run=(--set run.keep_every=3 --set run.teacher_cache_max_gib=${CACHE_GIB:-30} --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS}
+     ${PRECISION:+--set run.precision=$PRECISION} --out $O)
 for m in ${@:-kd dkd mlkd fitnet at crd}; do
   r=resnet8_sfkd_$m axis="$r:method.mask.${KEY[$m]}" K=${GRID[$m]:-0.5,0.6,0.7,0.8,0.9}
-  distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" --set run.keep_every=3 --set run.teacher_cache_max_gib=${CACHE_GIB:-30} \
-    --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS} ${PRECISION:+--set run.precision=$PRECISION} --out $O
+  distillscope sweep $C/$r.yaml --seeds 0 --grid "$axis=$K" "${run[@]}"
   chosen=$(python bench/chosen_on_val.py $O $r)
   echo "$r: K = $chosen chosen on validation (seed 0)"
-  distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" --set run.keep_every=3 --set run.teacher_cache_max_gib=${CACHE_GIB:-30} \
-    --workers ${WORKERS:-2} ${THREADS:+--threads $THREADS} ${PRECISION:+--set run.precision=$PRECISION} --out $O
+  distillscope sweep $C/$r.yaml --seeds 0,1,2 --grid "$axis=$chosen" "${run[@]}"
 done

@@ -486,8 +486,8 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     if not specs or not all(spec.checkpoint for spec in specs):
         raise DistillscopeError("cache build: give the teacher checkpoint (a run folder or .safetensors), or a --config whose teachers have checkpoints")
     device = pick_device(config.run.device)
-    precision, reason = choose_precision(config.run.precision, device)
-    if reason.endswith("(not measured)"):
+    precision = choose_precision(config.run.precision, device)[0]
+    if config.run.precision == "auto" and precision == "bf16":  # unmeasured here, while auto runs time both
         warn("cache build: run.precision=auto gives a bf16 cache here without timing; runs with auto time fp32 against bf16 and "
              "read this cache only if they pick bf16: pin the precision of the cache and the runs alike (--set run.precision=bf16 or fp32)")
     amp_dtype = AMP_DTYPES[precision]
