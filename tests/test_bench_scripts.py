@@ -74,3 +74,37 @@ def test_sweep_script_pins_precision_for_teacher_cache_and_runs_alike(tmp_path):
     assert [c.split()[0] for c in calls] == ["sweep", "cache", "sweep"]  # teacher, its cache, then every row
     assert all("--set run.precision=fp32" in c for c in calls)  # a cache in another precision would never be read
     assert not any("run.precision" in c for c in run_script("cifar10_5k_sweep.sh", tmp_path / "plain"))
+
+
+def test_real_test_table_pools_each_rows_seeds_and_reads_minutes_from_summaries(tmp_path):
+    import json
+    import sys
+
+    import numpy as np
+
+    scores = {"kd-a": ([20.0, 22.5, 27.0], [21.0, 25.0, 26.5]), "kd-b": ([60.0, 64.0, 61.5], [62.0, 66.5, 63.0])}
+    lines = []
+    for group, (best, last) in scores.items():
+        for seed in range(3):
+            run = tmp_path / group / f"resnet8_kd-s{seed}"
+            run.mkdir(parents=True)
+            if group == "kd-a":
+                (run / "summary.json").write_text(json.dumps({"seconds": 60.0 * (seed + 2)}))
+            lines.append(json.dumps({"run": str(run), "best": {"top1": best[seed]}, "last": {"top1": last[seed]}}))
+    lines.append(lines[0].replace("20.0", "99.0"))  # a run scored twice: its last line counts
+    (tmp_path / "real.jsonl").write_text("\n".join(lines) + "\n")
+    scores["kd-a"][0][0] = 99.0
+    figure = tmp_path / "df.png"
+    command = [sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "real.jsonl"), f"A={tmp_path}/kd-a/*", f"B={tmp_path}/kd-b/*",
+               "--figure", str(figure), "--chance", "10"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    stat = lambda v: f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"  # noqa: E731
+    assert rows[0][1:4] == ["0, 1, 2", stat(scores["kd-a"][0]), stat(scores["kd-a"][1])] and rows[0][4] == "3.0 (2.0–4.0) |"
+    assert rows[1][1:4] == ["0, 1, 2", stat(scores["kd-b"][0]), stat(scores["kd-b"][1])] and rows[1][4] == "n/a |"
+    assert figure.stat().st_size > 0
+    again = subprocess.run(command, capture_output=True, text=True)  # the figure is never overwritten
+    assert again.returncode != 0 and "exists" in again.stderr
+    (tmp_path / "bad.jsonl").write_text('{"run": "x"}\n')
+    bad = subprocess.run([sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "bad.jsonl"), "A=*"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "bad.jsonl:1: not a real-test line" in bad.stderr

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "name": "tiny", "epochs": 1,
     "data": {"spec": "shapes?n=160&size=16&n_test=40", "val_fraction": 0.2, "batch_size": 32, "num_workers": 0},
-    "student": {"name": "resnet8"}, "optim": {"lr": 0.05, "schedule": "cosine"}, "run": {"device": "cpu"},
+    "student": {"name": "resnet8"}, "optim": {"lr": 0.05, "schedule": "cosine"}, "run": {"device": "cpu", "precision": "fp32"},
 }
 KD = {"teacher": {"name": "resnet8", "checkpoint": "set/by/the/sweep"}, "method": {"name": "kd", "T": 4.0}}
 
@@ -181,15 +181,16 @@ def test_a_failed_teacher_skips_its_students_and_the_sweep_exits_non_zero(tmp_pa
 
 
 def test_ctrl_c_checkpoints_every_worker_and_the_same_command_resumes(tmp_path):
-    a = recipe(tmp_path, "a", epochs=4, data={"spec": "shapes?n=480&size=16&n_test=40"})
-    b = recipe(tmp_path, "b", epochs=4, data={"spec": "shapes?n=480&size=16&n_test=40"})
+    # Enough epochs that the worker which started first cannot finish before the later one reaches epoch 1.
+    a = recipe(tmp_path, "a", epochs=12, data={"spec": "shapes?n=480&size=16&n_test=40"})
+    b = recipe(tmp_path, "b", epochs=12, data={"spec": "shapes?n=480&size=16&n_test=40"})
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "distillscope.cli", "sweep", str(a), str(b), "--workers", "2", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     logs = [out / "logs" / "a-s0.log", out / "logs" / "b-s0.log"]
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: all(log.is_file() and "epoch   1/4" in log.read_text() for log in logs), "both workers to finish epoch 1")
+        wait_for(lambda: all(log.is_file() and "epoch   1/12" in log.read_text() for log in logs), "both workers to finish epoch 1")
         sweep.send_signal(signal.SIGINT)
         output = sweep.communicate(timeout=120)[0]
     finally:
@@ -205,9 +206,9 @@ def test_ctrl_c_checkpoints_every_worker_and_the_same_command_resumes(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 to resume" in again.stdout
     for name in ("a-s0", "b-s0"):
-        assert json.loads((out / name / "summary.json").read_text())["epochs"] == 4
+        assert json.loads((out / name / "summary.json").read_text())["epochs"] == 12
         epochs = [json.loads(line)["epoch"] for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2, 3, 4]
+        assert epochs == list(range(1, 13))
         assert "sweep resume: " in (out / "logs" / f"{name}.log").read_text()
 
 
