@@ -108,3 +108,32 @@ def test_real_test_table_pools_each_rows_seeds_and_reads_minutes_from_summaries(
     (tmp_path / "bad.jsonl").write_text('{"run": "x"}\n')
     bad = subprocess.run([sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "bad.jsonl"), "A=*"], capture_output=True, text=True)
     assert bad.returncode != 0 and "bad.jsonl:1: not a real-test line" in bad.stderr
+
+
+def test_keep_records_copies_a_runs_small_files_once_and_never_overwrites(tmp_path):
+    import sys
+
+    from distillscope.report import read_summaries
+
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    run = runs / "df" / "kd-s0"
+    run.mkdir(parents=True)
+    for name, text in {"summary.json": '{"name": "kd", "seed": 0}', "config.yaml": "name: kd\n", "metrics.csv": "epoch\n1\n", "best.safetensors": "w"}.items():
+        (run / name).write_text(text)
+    (runs / "df" / "real.jsonl").write_text("{}\n")
+    command = [sys.executable, str(BENCH / "keep_records.py"), str(run), str(runs / "df" / "real.jsonl"), "--runs", str(runs), "--records", str(records)]
+    first = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "kept 4 new file(s)" in first.stderr
+    assert sorted(p.name for p in (records / "df" / "kd-s0").iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
+    assert (records / "df" / "real.jsonl").read_text() == "{}\n"
+    assert read_summaries([records / "df" / "kd-s0"])[0]["seed"] == 0  # a table reads the record as it reads the run
+    assert "kept 0 new file(s)" in subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    (run / "summary.json").write_text('{"name": "kd", "seed": 1}')
+    changed = subprocess.run(command, capture_output=True, text=True)
+    assert changed.returncode != 0 and "exists with other contents" in changed.stderr
+    assert '"seed": 0' in (records / "df" / "kd-s0" / "summary.json").read_text()
+    outside = subprocess.run([*command[:2], str(tmp_path), "--runs", str(runs), "--records", str(records)], capture_output=True, text=True)
+    assert outside.returncode != 0 and "is not below" in outside.stderr
+    (runs / "unfinished").mkdir()
+    unfinished = subprocess.run([*command[:2], str(runs / "unfinished"), "--runs", str(runs), "--records", str(records)], capture_output=True, text=True)
+    assert unfinished.returncode != 0 and "has no summary.json" in unfinished.stderr
