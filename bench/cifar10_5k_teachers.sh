@@ -9,7 +9,8 @@
 #      each, SFKD + KD on DeepInversion; every student scored on the real test set (runs/c10k-df/real_test.jsonl)
 #   4. AEKD-F and SFKD + AEKD-F (features of all three teachers, live; not among issue 10's rows)
 # PARTS picks the parts by name (default: mt chain df aekd_f), e.g. PARTS=df needs only teacher seed 0.
-# N and STEPS (Adam steps per synthetic batch) size the synthetic sets: N=1024 STEPS=200 by default.
+# N and STEPS (Adam steps per synthetic batch) size the synthetic sets: N=1024 STEPS=200 by default; MODES picks the
+# synthetic sets (default: noise deepdream deepinversion; SFKD + KD runs when deepinversion is among them).
 # WORKERS sets parallel runs (default 2), THREADS torch threads per run (chains: THREADS or 2); PRECISION pins
 # run.precision (e.g. fp32, as docs/results.md's rows, on a CPU where `auto` picks bf16).
 set -euo pipefail
@@ -40,12 +41,13 @@ fi
 
 if part df; then
   O=runs/c10k-df
-  for mode in noise deepdream deepinversion; do
+  for mode in ${MODES:-noise deepdream deepinversion}; do
     "${ds[@]}" synthesize $R/wrn_40_2-s0 --mode $mode --n $N --steps $STEPS --size 32 --seed 0 --out $O/$mode
     extra=(); [ $mode = noise ] && extra=(--set method.ce_weight=0)  # noise images carry no class: KD alone
     distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/$mode "${extra[@]}" "${par[@]}" --out $O/kd-$mode
   done
-  distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion "${par[@]}" --out $O/sfkd-deepinversion
+  [[ " ${MODES:-deepinversion} " == *" deepinversion "* ]] &&
+    distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion "${par[@]}" --out $O/sfkd-deepinversion
   for run in $O/*/resnet8_*-s?; do  # the best-validation (synthetic validation split) and the last checkpoint
     grep -qs "\"$run\"" $O/real_test.jsonl || echo "{\"run\": \"$run\", \"best\": $("${ds[@]}" eval $run/best.safetensors --data $D --json),"\
       "\"last\": $("${ds[@]}" eval $run/last.safetensors --data $D --json)}" >> $O/real_test.jsonl

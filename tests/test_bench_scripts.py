@@ -48,6 +48,15 @@ def test_teachers_script_data_free_part_only_with_pinned_precision(tmp_path):
 
 
 @needs_bash
+def test_teachers_script_modes_pick_the_synthetic_sets(tmp_path):
+    calls = run_script("cifar10_5k_teachers.sh", tmp_path, PARTS="df", MODES="deepdream")
+    assert [c.split()[0] for c in calls] == ["synthesize", "sweep", "eval", "eval"]  # no noise, no DeepInversion, no SFKD
+    assert "--mode deepdream" in calls[0] and "folder:runs/c10k-df/deepdream" in calls[1]
+    calls = run_script("cifar10_5k_teachers.sh", tmp_path / "di", PARTS="df", MODES="deepinversion")
+    assert [c.split()[0] for c in calls] == ["synthesize", "sweep", "sweep"] + ["eval"] * 4 and "resnet8_sfkd_kd.yaml" in calls[2]
+
+
+@needs_bash
 def test_teachers_script_default_runs_every_part_without_pinning(tmp_path):
     calls = run_script("cifar10_5k_teachers.sh", tmp_path)
     assert [c.split()[0] for c in calls if c.split()[0] in ("chain", "explain")] == ["chain"] + ["explain"] * 3
