@@ -1,4 +1,6 @@
 """distillscope synthesize: the BN-statistics term, the folder it writes, resuming by batch."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -60,6 +62,15 @@ def test_two_batches_make_a_folder_dataset_and_a_rerun_skips_finished_batches(tm
     assert data.num_classes == 10 and len(data.train) == 24 and len(data.test) >= 10
     assert sorted(p.name for p in (out / "train").iterdir()) == data.classes
     assert (out / "grid.png").is_file() and sorted(p.name for p in (out / "done").iterdir()) == ["b0", "b1"]
+    from distillscope.data import normalize
+    from distillscope.engine import load_model
+
+    teacher, state = load_model(teacher_dir, "cpu")
+    with torch.no_grad():
+        logits = teacher.eval()(normalize(data.train.images, tuple(state["mean"]), tuple(state["std"])))
+    fit = json.loads((out / "teacher_fit.json").read_text())
+    assert fit["images"] == 24 and fit["top1"] == pytest.approx(100.0 * (logits.argmax(1) == data.train.targets).float().mean().item())
+    assert fit["nll"] == pytest.approx(torch.nn.functional.cross_entropy(logits, data.train.targets).item(), rel=1e-5)
 
     (out / "done" / "b1").unlink()  # as if interrupted during batch 2
     calls = []
@@ -77,9 +88,22 @@ def test_two_batches_make_a_folder_dataset_and_a_rerun_skips_finished_batches(tm
 
 def test_cli_noise_floor_and_refusals(tmp_path, teacher_dir, capsys):
     assert main(["synthesize", str(teacher_dir), "--n", "10", "--out", str(tmp_path / "noise"), "--mode", "noise", "--size", "16", "--device", "cpu"]) == 0
-    assert "folder:" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "folder:" in printed.out and "the teacher's top-1 on the saved images" in printed.out and "warning" not in printed.err  # noise: no class to carry
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert main(["synthesize", str(teacher_dir), "--n", "10", "--out", str(tmp_path / "mine"), "--mode", "noise", "--device", "cpu"]) != 0
     assert "not a synthesis folder" in capsys.readouterr().err
     assert main(["synthesize", str(teacher_dir), "--n", "5", "--out", str(tmp_path / "few"), "--device", "cpu"]) != 0
+
+
+@pytest.mark.parametrize("top1, warned", [(20.0, True), (90.0, False)])
+def test_cli_warns_when_the_images_carry_their_class_poorly(tmp_path, teacher_dir, capsys, monkeypatch, top1, warned):
+    import distillscope.synthesize as module
+
+    monkeypatch.setattr(module, "teacher_fit", lambda *a, **k: {"images": 10, "top1": top1, "nll": 1.0})
+    args = ["synthesize", str(teacher_dir), "--n", "10", "--steps", "1", "--batch-size", "10", "--size", "16", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "dd"), "--mode", "deepdream"]) == 0
+    printed = capsys.readouterr()
+    assert f"{top1:.1f}% (cross-entropy 1.00)" in printed.out
+    assert ("more --steps (now 1)" in printed.err) == warned

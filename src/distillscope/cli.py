@@ -240,6 +240,10 @@ def _cmd_synthesize(args) -> None:
     settings = SynthesisSettings(**given)  # flags left out keep the settings' defaults
     out = synthesize(args.teacher, args.out, settings, device=pick_device(args.device))
     print(f"{args.n} images in {out / 'train'} (grid: {out / 'grid.png'}); train on them with data.spec=folder:{out}")
+    fit = json.loads((out / "teacher_fit.json").read_text())
+    print(f"the teacher's top-1 on the saved images against their target classes: {fit['top1']:.1f}% (cross-entropy {fit['nll']:.2f})")
+    if settings.mode != "noise" and fit["top1"] < 50:
+        print(f"warning: the images carry their class poorly for the teacher that made them; more --steps (now {settings.steps}) usually helps", file=sys.stderr)
 
 
 def _cmd_chain(args) -> None:

@@ -33,8 +33,9 @@ images in the teacher's normalised space, no optimisation).
 Images are labelled by their target class (balanced: image i of batch b gets class (b·B + i) mod K);
 ``noise`` images are labelled the same way, so train on them with ``method.ce_weight: 0``. Output:
 ``DIR/train/<class>/b{batch}_{i}.png``, ``DIR/test/<class>/`` (a copy of the first tenth of each class,
-so that ``folder:DIR`` reads the set; evaluate students on the real test set), ``DIR/grid.png`` and
-``DIR/synthesize.json`` (the settings). Each batch is written as soon as it is done, with a marker
+so that ``folder:DIR`` reads the set; evaluate students on the real test set), ``DIR/grid.png``,
+``DIR/synthesize.json`` (the settings) and ``DIR/teacher_fit.json`` (the teacher's top-1 and cross-entropy on the
+saved images against their target classes: whether the images carry their class at all). Each batch is written as soon as it is done, with a marker
 ``DIR/done/b{batch}``; a re-run with the same settings skips finished batches. In ``adi`` mode the marker is
 itself the student's checkpoint after that batch (weights + SGD momentum, one atomic write; older markers are
 emptied once a newer one exists), so a resumed run continues exactly as an uninterrupted one; the last marker
@@ -327,7 +328,25 @@ def synthesize(teacher_path: str | Path, out: str | Path, settings: SynthesisSet
         student_after = b
     _write_test_copy(out)
     _write_grid(out, folders)
+    fit = teacher_fit(teacher, out, folders, state, device)
+    (out / "teacher_fit.json").write_text(json.dumps(fit, indent=2))
     return out
+
+
+@torch.no_grad()
+def teacher_fit(teacher: nn.Module, out: Path, folders: list[str], state: dict, device, batch_size: int = 256) -> dict:
+    """The teacher's top-1 (%) and mean cross-entropy on the saved (8-bit) training images against their target
+    classes: how much of its class each image carries for the teacher that made it."""
+    files = [(path, label) for label, folder in enumerate(folders) for path in sorted((out / "train" / folder).glob("*.png"))]
+    correct, nll = 0, 0.0
+    for start in range(0, len(files), batch_size):
+        chunk = files[start: start + batch_size]
+        images = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in chunk])).permute(0, 3, 1, 2)
+        targets = torch.tensor([label for _, label in chunk], device=device)
+        logits = teacher(normalize(images.to(device), tuple(state["mean"]), tuple(state["std"]))).float()
+        correct += int((logits.argmax(1) == targets).sum())
+        nll += float(F.cross_entropy(logits, targets, reduction="sum"))
+    return {"images": len(files), "top1": 100.0 * correct / len(files), "nll": nll / len(files)}
 
 
 def _write_test_copy(out: Path) -> None:
