@@ -40,13 +40,13 @@ if part chain; then
 fi
 
 if part df; then
-  O=runs/c10k-df
-  for mode in ${MODES:-noise deepdream deepinversion}; do
+  O=runs/c10k-df modes=" ${MODES:-noise deepdream deepinversion} "
+  for mode in $modes; do
     "${ds[@]}" synthesize $R/wrn_40_2-s0 --mode $mode --n $N --steps $STEPS --size 32 --seed 0 --out $O/$mode
     extra=(); [ $mode = noise ] && extra=(--set method.ce_weight=0)  # noise images carry no class: KD alone
     distillscope sweep $C/resnet8_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/$mode "${extra[@]}" "${par[@]}" --out $O/kd-$mode
   done
-  [[ " ${MODES:-deepinversion} " == *" deepinversion "* ]] &&
+  [[ $modes == *" deepinversion "* ]] &&
     distillscope sweep $C/resnet8_sfkd_kd.yaml --seeds $SEEDS --set data.spec=folder:$O/deepinversion "${par[@]}" --out $O/sfkd-deepinversion
   for run in $O/*/resnet8_*-s?; do  # the best-validation (synthetic validation split) and the last checkpoint
     grep -qs "\"$run\"" $O/real_test.jsonl || echo "{\"run\": \"$run\", \"best\": $("${ds[@]}" eval $run/best.safetensors --data $D --json),"\

@@ -15,6 +15,8 @@ import re
 import statistics
 from pathlib import Path
 
+from distillscope.report import mean_std
+
 
 def read_scores(path: str) -> dict[str, dict]:
     """``{run folder: {"best": top-1, "last": top-1}}``; a run scored twice keeps its last line."""
@@ -41,10 +43,6 @@ def select(scores: dict[str, dict], spec: str) -> tuple[str, list[dict]]:
     if not runs:
         raise SystemExit(f"no scored run matches {pattern!r} (row {name!r})")
     return name, sorted(runs, key=lambda r: (r["seed"] is None, r["seed"]))
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def markdown(rows: list[tuple[str, list[dict]]]) -> str:
