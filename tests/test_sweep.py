@@ -282,6 +282,17 @@ def test_table_groups_by_config_and_grid_point_and_chooses_on_validation(table_r
     assert "Machine: Test CPU, 2 cores; 6 runs, 1 thread each." in text and "Machine: Test CPU, 2 cores; 2 runs, 3 threads each." in text and "Machine not recorded: 1 run (older summaries)." in text
 
 
+def test_grid_points_are_compared_on_the_seeds_they_share(tmp_path):
+    """A K grid on seed 0, then seeds 1 and 2 at the K chosen there: the choice stays on seed 0's validation."""
+    for k, val in (("0.5", 74.0), ("0.7", 70.0)):
+        fake_run(tmp_path, f"sfkd-K={k}-s0", "sfkd", 0, 71.0, 72.0, val, teacher="runs/t", grid={"method.mask.logits": k})
+    for seed in (1, 2):  # seed-0 K = 0.5 wins (74 > 70) though its 3-seed mean, 64.67, is below K = 0.7's 70
+        fake_run(tmp_path, f"sfkd-K=0.5-s{seed}", "sfkd", seed, 71.0, 72.0, 60.0, teacher="runs/t", grid={"method.mask.logits": "0.5"})
+    rows = {row["grid point"]: row for row in table_rows(read_summaries(sorted(tmp_path.iterdir())))}
+    assert rows["method.mask.logits=0.5"]["seeds"] == [0, 1, 2]
+    assert rows["method.mask.logits=0.5"]["chosen on val"] and not rows["method.mask.logits=0.7"]["chosen on val"]
+
+
 def test_table_csv_has_numeric_means_and_stds(table_runs):
     root, numbers = table_runs
     rows = list(csv.DictReader(io.StringIO(format_csv(table_rows(read_summaries(sorted(root.glob("kd-T=*"))))))))

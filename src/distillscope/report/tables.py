@@ -4,7 +4,8 @@ Each row reports test top-1 at the best-validation epoch and at the last epoch, 
 best epoch, the precision that ran, the seeds and the epochs. A row whose seeds differ in anything but the
 seed (recorded ``config`` minus ``seed`` and run-only keys; values a sweep filled from a ``{seed}``
 template compare as that template) is flagged. Among rows of one config that differ only in grid point,
-the one with the best mean *validation* top-1 is marked "chosen on val"; test accuracy never selects.
+the one with the best mean *validation* top-1 over the seeds they all share is marked "chosen on val"; test
+accuracy never selects.
 """
 from __future__ import annotations
 
@@ -169,16 +170,22 @@ def table_rows(summaries: list[dict]) -> list[dict]:
 
 
 def _mark_chosen_on_val(rows: list[dict]) -> None:
-    """Among ≥ 2 grid points of one config, mark the best mean validation top-1 (ties: all of them)."""
+    """Among ≥ 2 grid points of one config, mark the best mean validation top-1 (ties: all of them).
+
+    Grid points are compared on the seeds they all share, so a grid run on seed 0 and then extended to more
+    seeds at the chosen point keeps its choice; with no seed in common, each point's mean over its own seeds.
+    """
     by_name: dict[str, list[dict]] = {}
     for row in rows:
         by_name.setdefault(row["run"], []).append(row)
     for group in by_name.values():
         if len(group) < 2 or not all(row["val@best"] for row in group):
             continue
-        best = max(statistics.fmean(row["val@best"]) for row in group)
+        shared = set.intersection(*(set(row["seeds"]) for row in group))
+        score = {id(row): statistics.fmean(v for s, v in zip(row["seeds"], row["val@best"]) if s in shared or not shared) for row in group}
+        best = max(score.values())
         for row in group:
-            row["chosen on val"] = statistics.fmean(row["val@best"]) == best
+            row["chosen on val"] = score[id(row)] == best
 
 
 def _machines_note(rows: list[dict]) -> str:
