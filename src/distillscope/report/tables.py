@@ -182,10 +182,9 @@ def _mark_chosen_on_val(rows: list[dict]) -> None:
         if len(group) < 2 or not all(row["val@best"] for row in group):
             continue
         shared = set.intersection(*(set(row["seeds"]) for row in group))
-        score = {id(row): statistics.fmean(v for s, v in zip(row["seeds"], row["val@best"]) if s in shared or not shared) for row in group}
-        best = max(score.values())
-        for row in group:
-            row["chosen on val"] = score[id(row)] == best
+        scores = [statistics.fmean([v for s, v in zip(row["seeds"], row["val@best"]) if s in shared] or row["val@best"]) for row in group]
+        for row, score in zip(group, scores):
+            row["chosen on val"] = score == max(scores)
 
 
 def _machines_note(rows: list[dict]) -> str:
