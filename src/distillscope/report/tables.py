@@ -183,8 +183,9 @@ def _mark_chosen_on_val(rows: list[dict]) -> None:
             continue
         shared = set.intersection(*(set(row["seeds"]) for row in group))
         scores = [statistics.fmean([v for s, v in zip(row["seeds"], row["val@best"]) if s in shared] or row["val@best"]) for row in group]
+        best = max(scores)
         for row, score in zip(group, scores):
-            row["chosen on val"] = score == max(scores)
+            row["chosen on val"] = score == best
 
 
 def _machines_note(rows: list[dict]) -> str:
