@@ -146,3 +146,39 @@ def test_keep_records_copies_a_runs_small_files_once_and_never_overwrites(tmp_pa
     (runs / "unfinished").mkdir()
     unfinished = subprocess.run([*command[:2], str(runs / "unfinished"), "--runs", str(runs), "--records", str(records)], capture_output=True, text=True)
     assert unfinished.returncode != 0 and "has no summary.json" in unfinished.stderr
+
+
+@needs_bash
+def test_verdicts_script_grids_fill_and_k_on_grid_seeds_then_runs_the_chosen_point_on_every_seed(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/chosen_on_val.py").write_text("print('method.mask.logits_fill=-inf method.mask.logits=0.7')\n")
+    (tmp_path / "runs/c10k/wrn_40_2-s0").mkdir(parents=True)  # teacher B already restored
+    calls = run_script("cifar10_5k_verdicts.sh", tmp_path)
+    assert len(calls) == 2 + 2 * 2 and all("--set run.precision=fp32" in c and "--threads 1" in c for c in calls)
+    assert "resnet8_ce.yaml" in calls[0] and "resnet8_cskd.yaml" in calls[0] and "--seeds 0-9 " in calls[0]
+    assert "resnet8_kd.yaml" in calls[1] and "resnet8_dkd.yaml" in calls[1]
+    grid, chosen = calls[2], calls[3]
+    assert "--grid method.mask.logits_fill=0,-inf --grid method.mask.logits=0.5,0.6,0.7,0.8,0.9" in grid and "--seeds 0,1 " in grid
+    assert "--seeds 0-9 --grid method.mask.logits_fill=-inf --grid method.mask.logits=0.7 " in chosen
+    assert "resnet8_sfkd_dkd.yaml" in calls[4]
+    only = run_script("cifar10_5k_verdicts.sh", tmp_path / "only", PARTS="self", SEEDS="0-2")
+    assert len(only) == 1 and "--seeds 0-2 " in only[0]
+
+
+def test_chosen_on_val_picks_the_best_mean_validation_point_over_the_grid_seeds(tmp_path):
+    import json
+    import sys
+
+    vals = {("0", "0.5"): [60.0, 70.0], ("-inf", "0.5"): [66.0, 66.0], ("0", "0.7"): [71.0, 50.0]}  # means 65, 66, 60.5
+    for (fill, k), scores in vals.items():
+        for seed, val in enumerate(scores + [99.0]):  # seed 2 is not a grid seed: it must not count
+            run = tmp_path / f"resnet8_sfkd_kd-logits_fill={fill}-logits={k}-s{seed}"
+            run.mkdir()
+            grid = {"method.mask.logits_fill": fill, "method.mask.logits": k}
+            (run / "sweep.json").write_text(json.dumps({"grid": grid}))
+            (run / "summary.json").write_text(json.dumps({
+                "name": "sfkd", "student": "resnet8", "method": "kd", "seed": seed, "epochs": 3,
+                "best": {"epoch": 3, "val/top1": val if seed < 2 else (99.0 if fill == "0" and k == "0.7" else 0.0), "test/top1": 50.0},
+                "last": {"test/top1": 50.0}}))
+    command = [sys.executable, str(BENCH / "chosen_on_val.py"), str(tmp_path), "resnet8_sfkd_kd", "--seeds", "0,1", "--point"]
+    assert subprocess.run(command, capture_output=True, text=True, check=True).stdout.split() == ["method.mask.logits_fill=-inf", "method.mask.logits=0.5"]
