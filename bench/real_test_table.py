@@ -2,7 +2,7 @@
 
 Each line of the file is ``{"run": FOLDER, "best": EVAL, "last": EVAL}``, EVAL being `distillscope eval --json`
 of the run's best-val and last checkpoint. Each row is NAME=GLOB: the runs whose folder matches GLOB (one per
-seed, ``…-s{seed}``). Minutes per run come from each run's summary.json where it is there. --figure PNG plots each
+seed, ``…-s{seed}``). Minutes per run come from each run's summary.json where it is there (for ``runs/X``, else its record ``bench/records/X``). --figure PNG plots each
 row's seeds and mean at the last epoch and at best val. Example:
 
     python bench/real_test_table.py runs/c10k-df/real_test.jsonl 'N(0,1) noise=runs/c10k-df/kd-noise/*' \
@@ -38,6 +38,8 @@ def select(scores: dict[str, dict], spec: str) -> tuple[str, list[dict]]:
     for run in sorted(r for r in scores if fnmatch.fnmatch(r, pattern)):
         seed = re.search(r"-s(\d+)$", run)
         summary = Path(run) / "summary.json"
+        if not summary.is_file() and Path(run).parts[:1] == ("runs",):  # kept by bench/keep_records.py
+            summary = Path(__file__).resolve().parent / "records" / Path(*Path(run).parts[1:]) / "summary.json"
         seconds = json.loads(summary.read_text()).get("seconds") if summary.is_file() else None
         runs.append({"seed": int(seed.group(1)) if seed else None, **scores[run], "minutes": seconds / 60 if seconds else None})
     if not runs:

@@ -56,3 +56,39 @@ def test_explain_without_base_uses_the_teacher_and_never_overwrites(runs, tmp_pa
     assert explain(runs, out, "--no-road") == 2
     err = capsys.readouterr().err
     assert "already exists and is not empty" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("road_cam", [None, "hirescam"])
+def test_road_lerf_ranks_pixels_by_the_road_cam_setting(runs, tmp_path, monkeypatch, road_cam):
+    from distillscope.analysis import scores
+    from distillscope.explain import ExplainSettings, run_explain
+
+    used = []
+
+    def recording(name):
+        cls = scores.CAM_METHODS[name]
+
+        def make(*args, **kwargs):
+            used.append(name)
+            return cls(*args, **kwargs)
+        return make
+
+    monkeypatch.setattr(scores, "CAM_METHODS", {name: recording(name) for name in scores.CAM_METHODS})
+    extra = {} if road_cam is None else {"road_cam": road_cam}
+    settings = ExplainSettings(student=str(runs / "student"), teacher=str(runs / "teacher"), data=DATA, out=str(tmp_path / "e"), labels="onehot",
+                               limit=16, batch_size=8, grid_images=2, device="cpu", progress=False, **extra)
+    result = run_explain(settings)
+    expected = road_cam or "gradcam"  # the paper's choice (Fig. 4, Sec. 4.2.2) is the default
+    assert used and set(used) == {expected}  # only the LeRF inputs go through scores' CAM
+    assert result["settings"]["road_cam"] == expected and result["settings"]["cam"] == "gradcam"
+    assert json.loads((tmp_path / "e" / "settings.json").read_text())["road_cam"] == expected
+    assert f"pixels ranked by {expected}" in (tmp_path / "e" / "summary.md").read_text()
+
+
+def test_unknown_road_cam_is_refused_before_any_work(runs, tmp_path):
+    from distillscope.errors import DistillscopeError
+    from distillscope.explain import ExplainSettings, run_explain
+
+    with pytest.raises(DistillscopeError, match="road_cam 'scorecam' unknown"):
+        run_explain(ExplainSettings(student=str(runs / "student"), teacher=str(runs / "teacher"), data=DATA, out=str(tmp_path / "e"), road_cam="scorecam"))
+    assert not (tmp_path / "e").exists()

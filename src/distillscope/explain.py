@@ -7,10 +7,14 @@ split, it writes into a new folder:
 * ``grid.png`` and ``grid_<layer>.png``: images, Grad-CAM (true class) of teacher / student / base and
   UniCAM distilled / residual, averaged over ``--layers`` and per layer;
 * ``scores.csv`` / ``scores.json``: FSS, RS and the partial RS per layer (``analysis/scores.py``), on clean
-  and on each model's own ROAD-LeRF inputs, vs the teacher and vs the base;
+  and on each model's own ROAD-LeRF inputs, vs the teacher and vs the base. ROAD ranks the pixels by each
+  model's own ``road_cam`` at that layer (softmax of the true class): Grad-CAM by default, as in the paper
+  (Adhane et al., Fig. 4 caption and Sec. 4.2.2: layer-specific features "extracted from regions localised
+  using Grad-CAM"); ``hirescam``, which the authors' released code uses (``PetImages/main_RS_FSS.py`` in
+  github.com/gadhane/UniCAM), is the other choice;
 * ``localisation.csv`` / ``.json`` when the data has object masks (``shapes``): energy in the mask and
   pointing-game hits of every map;
-* ``summary.md`` and ``settings.json`` (batch size, seed, estimator, label embeddings, notes).
+* ``summary.md`` and ``settings.json`` (batch size, seed, estimator, CAMs, label embeddings, notes).
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ class ExplainSettings:
     layers: list[str] = field(default_factory=lambda: ["stage:-1"])
     labels: str = "auto"
     estimator: str = "unbiased"
-    cam: str = "gradcam"
+    cam: str = "gradcam"  # the Grad-CAM grids and UniCAM maps
+    road_cam: str = "gradcam"  # ranks the pixels ROAD-LeRF removes for the perturbed FSS/RS ("gradcam" or "hirescam")
     batch_size: int = 64
     seed: int = 0
     limit: int | None = None
@@ -110,6 +115,9 @@ def run_explain(settings: ExplainSettings) -> dict:
     out = Path(settings.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DistillscopeError(f"--out '{out}' already exists and is not empty; choose a new folder")
+    for name in ("cam", "road_cam"):
+        if getattr(settings, name) not in CAM_METHODS:
+            raise DistillscopeError(f"{name} '{getattr(settings, name)}' unknown; valid: {', '.join(CAM_METHODS)}")
     started = time.perf_counter()
     device = pick_device(settings.device)
     data = load_data(settings.data)
@@ -145,7 +153,7 @@ def run_explain(settings: ExplainSettings) -> dict:
     perturb = _road_lerf(settings.road_fraction, mean, std, settings.seed)
     references = {role: model for role, model in models.items() if role != "student"}
     score_rows = feature_scores(models["student"], references, layers, images, targets, embeddings, estimator=settings.estimator, perturb=perturb,
-                                cam="hirescam", batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)["rows"]
+                                cam=settings.road_cam, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)["rows"]
 
     all_maps = {f"gradcam_{role}": maps for role, maps in gradcam.items()}
     for label, res in unicam.items():
@@ -229,7 +237,7 @@ def _summary(record: dict, score_rows: list[dict], loc_rows: list[dict]) -> str:
         f"student `{record['student']}`, teacher `{record['teacher']}`, base `{record['base'] or '(teacher)'}` on `{record['data']}` "
         f"({record['images']} test images). UniCAM batches of {record['batch_size']} drawn with seed {record['seed']}; "
         f"estimator {record['estimator']}; label embeddings: {record['label_embeddings']}; CAM: {record['cam']}; "
-        f"ROAD-LeRF removal fraction: {record['road_fraction']}. {record['seconds']} s.", "",
+        f"ROAD-LeRF removal fraction: {record['road_fraction']}, pixels ranked by {record['road_cam']}. {record['seconds']} s.", "",
         "## Scores (pooled over batches; mean ± std over batches in scores.csv)", "",
         "| reference | layer | condition | FSS | RS student | RS reference | RS student given reference | RS reference given student |",
         "|---|---|---|---|---|---|---|---|",
