@@ -167,6 +167,13 @@ def test_a_student_waits_for_its_teacher_and_a_rerun_skips_finished_runs(tmp_pat
     assert "2 finished, 0 to resume, 0 to start" in again[0] and not any(line.startswith("start") for line in again)
     assert (out / "logs" / "t-s1.log").read_text().count("=== ") == 1
 
+    run_sweep([student, teacher], echo=again.append, baseline="tiny-t", **args)  # one seed each: no test possible
+    table = (out / "table.md").read_text()
+    assert "Δ last vs tiny-t (95% CI)" in table and "| Welch, n=1 vs 1 (1 shared seed) | last: n/a (1 seed on one side, need 2 each);" in table
+    assert ",vs_baseline_last_diff," in (out / "table.csv").read_text()
+    run_sweep([student, teacher], echo=again.append, baseline="tiny-x", **args)  # the table is still written
+    assert "warning: --baseline 'tiny-x' matches no row" in again[-2] and "Δ last" not in (out / "table.md").read_text()
+
 
 def test_a_failed_teacher_skips_its_students_and_the_sweep_exits_non_zero(tmp_path, capsys):
     teacher = recipe(tmp_path, "t", data={"spec": "cifar10:/no/such/folder"})
@@ -214,7 +221,7 @@ def test_ctrl_c_checkpoints_every_worker_and_the_same_command_resumes(tmp_path):
 
 # ------------------------------------------------------------------------------ tables
 def fake_run(root: Path, folder: str, name: str, seed: int, test_best: float, test_last: float, val_best: float, *, lr=0.1,
-             teacher=None, grid=None, templates=None, precision="bf16", threads=1, legacy=False, extra=None) -> Path:
+             teacher=None, grid=None, templates=None, precision="bf16", threads=1, legacy=False, extra=None, data=None) -> Path:
     run = root / folder
     run.mkdir(parents=True)
     summary = {
@@ -222,6 +229,8 @@ def fake_run(root: Path, folder: str, name: str, seed: int, test_best: float, te
         "best": {"epoch": 20 + seed, "test/top1": test_best, "val/top1": val_best}, "last": {"epoch": 30, "test/top1": test_last},
     }
     config = {"name": name, "seed": seed, "optim": {"lr": lr}, "run": {"threads": threads, "precision": "auto"}, "teacher": {"checkpoint": teacher}}
+    if data is not None:
+        config["data"] = data
     if legacy:
         (run / "config.yaml").write_text(yaml.safe_dump(config))
     else:
@@ -349,6 +358,100 @@ def test_table_figure_draws_each_rows_seeds_and_means_and_is_never_overwritten(t
     small, large = Image.open(root / "kd.png"), Image.open(root / "all.png")
     assert small.format == large.format == "PNG" and large.height > small.height  # a line per row: 2 rows vs 5
     assert main(["table", str(root), "--figure", str(root / "kd.png")]) == 2 and "--figure" in capsys.readouterr().err
+
+
+@pytest.fixture
+def baseline_runs(tmp_path):
+    """ce (seeds 0-2, no teacher); kd on the same data (seeds 0-3); kd on another split, with another teacher,
+    and with more epochs (seeds 0-2 each)."""
+    data = {"spec": "cifar10:x", "val_fraction": 0.05}
+    last = {"ce": [70.0, 71.0, 70.4], "kd": [72.0, 72.7, 72.5, 71.0], "split": [70.5, 70.2, 71.6], "other": [71.0, 72.0, 71.5], "long": [73.0, 73.5, 73.1]}
+    best = {name: [v - 0.3 * (i % 2) for i, v in enumerate(values)] for name, values in last.items()}
+    for name, values in last.items():
+        for seed, value in enumerate(values):
+            teacher = None if name == "ce" else f"runs/{'u' if name == 'other' else 't'}-s{seed}"
+            fake_run(tmp_path, f"{name}-s{seed}", name, seed, best[name][seed], value, 60.0, teacher=teacher,
+                     data={**data, "val_fraction": 0.1} if name == "split" else data, extra={"epochs": 60} if name == "long" else None)
+    return tmp_path, last, best
+
+
+def test_baseline_pairs_seeds_that_share_data_and_teacher_and_uses_welch_otherwise(baseline_runs):
+    from scipy import stats
+
+    root, last, best = baseline_runs
+    rows = table_rows(read_summaries(sorted(root.iterdir())), baseline="ce")
+    cells = {r["run"]: r for r in markdown_rows(format_markdown(rows))}
+    assert cells["ce"]["Δ last vs ce (95% CI)"] == "baseline" and cells["ce"]["verdict"] == ""
+    assert cells["kd"]["test"] == "paired, n=3"  # a row without a teacher pairs with a KD row; seed 3 is not shared
+    assert cells["split"]["test"] == "Welch, n=3 vs 3 (seed 0: data.val_fraction differs)"
+    assert cells["long"]["test"] == "Welch, n=3 vs 3 (seed 0: epochs differs)"
+    assert cells["other"]["test"] == "paired, n=3"
+    for name, ref in (("kd", stats.ttest_rel(last["kd"][:3], last["ce"])), ("split", stats.ttest_ind(last["split"], last["ce"], equal_var=False))):
+        ci = ref.confidence_interval(0.95)
+        diff = (ci.low + ci.high) / 2
+        assert cells[name]["Δ last vs ce (95% CI)"] == f"{diff:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}], p={ref.pvalue:.3f}"
+    ref = stats.ttest_rel(best["kd"][:3], best["ce"])
+    assert cells["kd"]["Δ best val vs ce (95% CI)"].startswith(f"{np.mean(np.subtract(best['kd'][:3], best['ce'])):+.2f} [")
+    verdict = {r["run"]: r["vs baseline"] for r in rows if r["vs baseline"]}
+    assert verdict["kd"]["best val"].p == pytest.approx(ref.pvalue)
+    assert cells["kd"]["verdict"] == f"last: above ({verdict['kd']['last'].diff:+.2f}); best val: above ({verdict['kd']['best val'].diff:+.2f})"
+    split = verdict["split"]["last"]
+    assert split.ci_low < 0 < split.ci_high
+    assert cells["split"]["verdict"].startswith(f"last: no detectable difference at 3 vs 3 seeds (MDE {split.mde:.1f}); best val: ")
+    assert "above" not in cells["split"]["verdict"] and "below" not in cells["split"]["verdict"]
+
+    by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(format_csv(rows)))}
+    assert by_run["kd"]["baseline"] == "ce" and by_run["kd"]["vs_baseline_last_test"] == "paired" and by_run["kd"]["vs_baseline_last_n"] == "3"
+    assert float(by_run["kd"]["vs_baseline_best_val_p"]) == pytest.approx(ref.pvalue, rel=1e-5)
+    assert float(by_run["split"]["vs_baseline_last_df"]) == pytest.approx(stats.ttest_ind(last["split"], last["ce"], equal_var=False).df, abs=1e-3)
+    assert by_run["split"]["vs_baseline_last_test"] == "Welch" and float(by_run["split"]["vs_baseline_last_mde"]) == pytest.approx(split.mde, abs=1e-4)
+    assert by_run["ce"]["vs_baseline_last_diff"] == "" and by_run["long"]["vs_baseline_unpaired_because"] == "seed 0: epochs differs"
+    assert "vs_baseline_last_diff" not in format_csv(table_rows(read_summaries(sorted(root.iterdir())))).splitlines()[0]
+
+    cells = {r["run"]: r for r in markdown_rows(format_markdown(table_rows(read_summaries(sorted(root.iterdir())), baseline="kd")))}
+    assert cells["other"]["test"] == "Welch, n=3 vs 4 (seed 0: teacher.checkpoint differs)" and cells["ce"]["test"] == "paired, n=3"
+
+
+def test_baseline_is_named_by_run_and_grid_point_or_refused_in_one_line(table_runs, capsys):
+    root, _ = table_runs
+    summaries = read_summaries(sorted(p for p in root.iterdir() if (p / "summary.json").is_file()))
+    for name in ("kd T=4", "kd method.T=4"):
+        rows = table_rows(summaries, baseline=name)
+        assert [r["grid point"] for r in rows if r["vs baseline"] is None] == ["method.T=4"] and len(rows) == 5
+    assert [r["run"] for r in table_rows(summaries, baseline="ce") if r["vs baseline"] is None] == ["ce"]
+    for name, what in (("kd", "matches 2 rows"), ("nope", "matches no row"), ("kd T=3", "matches no row")):
+        assert main(["table", str(root), "--baseline", name]) == 2
+        out, err = capsys.readouterr()
+        assert f"--baseline '{name}' {what}; the rows are: " in err and "'kd method.T=2', 'kd method.T=4'" in err and "'ce'" in err
+        assert err.count("\n") == 1 and err.startswith("distillscope: error:") and "|" not in out
+
+
+def test_baseline_figure_draws_each_difference_and_its_confidence_interval(baseline_runs, capsys, monkeypatch):
+    from matplotlib.axes import Axes
+
+    root, _, _ = baseline_runs
+    drawn, errorbar = [], Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda ax, x, y, **kw: drawn.append((ax, y, x, kw.get("xerr"))) or errorbar(ax, x, y, **kw))
+    assert main(["table", str(root), "--baseline", "ce", "--figure", str(root / "f.png")]) == 0
+    rows = table_rows(read_summaries(sorted(p for p in root.iterdir() if p.is_dir())), baseline="ce")
+    panels = list(dict.fromkeys(ax for ax, *_ in drawn))
+    assert len(panels) == 2 and panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    differences = [(y, x, xerr) for ax, y, x, xerr in drawn if ax is panels[1]]
+    expected = [(i + offset, d.diff, [[d.diff - d.ci_low], [d.ci_high - d.diff]])
+                for i, row in enumerate(rows) if row["vs baseline"] for offset, d in ((-0.12, row["vs baseline"]["last"]), (0.12, row["vs baseline"]["best val"]))]
+    assert len(differences) == len(expected) == 8
+    for (y, x, xerr), (y_ref, x_ref, xerr_ref) in zip(differences, expected):
+        assert y == pytest.approx(y_ref) and x == pytest.approx(x_ref) and np.asarray(xerr) == pytest.approx(np.asarray(xerr_ref))
+    assert any(line.get_xdata()[0] == 0 for line in panels[1].lines)  # the line at 0
+
+
+def test_sweep_command_passes_the_baseline_on(tmp_path, monkeypatch):
+    import distillscope.sweep
+
+    seen = {}
+    monkeypatch.setattr(distillscope.sweep, "run_sweep", lambda *args, **kwargs: seen.update(kwargs))
+    assert main(["sweep", str(recipe(tmp_path, "ce")), "--out", str(tmp_path / "s"), "--baseline", "tiny-ce"]) == 0
+    assert seen["baseline"] == "tiny-ce"
 
 
 def test_imports_are_passed_on_to_every_run(tmp_path):

@@ -89,7 +89,7 @@ def _cmd_sweep(args) -> int:
 
     try:
         run_sweep(args.configs, args.seeds, args.grid, args.set, args.out, args.workers, args.threads, args.dry_run,
-                  imports=args.imports + args.command_imports, gpus=args.gpus)
+                  imports=args.imports + args.command_imports, gpus=args.gpus, baseline=args.baseline)
     except SweepInterrupted as err:
         print(f"distillscope: {err}", file=sys.stderr)
         return 130
@@ -109,7 +109,7 @@ def _cmd_table(args) -> None:
     for option, path in (("--csv", csv_path), ("--figure", figure_path)):
         if path and path.exists():
             raise DistillscopeError(f"{option} '{path}' already exists; choose another file name or remove it")
-    rows = table_rows(read_summaries(finished))
+    rows = table_rows(read_summaries(finished), baseline=args.baseline)
     print(format_markdown(rows))
     if unfinished:
         print(f"\nNot finished, left out: {', '.join(map(str, unfinished))}")
@@ -167,6 +167,8 @@ def _cmd_interaction(args) -> None:
         print(f"  {name:<14} {group['features']:>5} features  mean frequency {group['mean_frequency']:8.1f}  features per point {group['features_per_point_mean']:6.1f}")
     pairs = ", ".join(f"{k} {v}" for k, v in stats["shared"]["pairwise"].items())
     print(f"  shared by all groups: {stats['shared']['all_groups']}" + (f"; pairwise: {pairs}" if pairs else ""))
+    for warning in stats["warnings"]:
+        print(f"warning: {warning['message']}", file=sys.stderr)
     figures = result.figures(out)
     (out / "interaction.json").write_text(result.to_json())
     print("  wrote " + ", ".join(map(str, [out / "interaction.json", *figures])))
@@ -352,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="GPU indices, e.g. 0 or 0,1: each run gets the least busy one (--workers 4 --gpus 0: four runs share GPU 0)")
     p.add_argument("--out", required=True, help="folder for the run folders, logs/ and table.md/table.csv")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands, run nothing")
+    p.add_argument("--baseline", metavar="ROW", help="compare every row of the final table to this one (see table --baseline)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
@@ -372,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders or sweep folders; runs sharing a config name and grid point are seeds of one row")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (a new file)")
     p.add_argument("--figure", metavar="FILE", help="also draw the rows as a PNG: each seed, mean ± std at the last epoch, mean at best val (a new file)")
+    p.add_argument("--baseline", metavar="ROW",
+                   help="a row's run name (with its grid point where needed, e.g. 'kd method.T=4'): each other row's test top-1 "
+                        "difference to it, 95%% CI, p-value and minimum detectable effect; paired t where seeds share data and teacher, else Welch")
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser("confusion", help="teacher class-mean softmax vs a model's confusion matrix (off-diagonal): numbers and figures")
@@ -386,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("interaction", help="Interaction Tensor of model groups: features shared across models and their frequency over the data")
     p.add_argument("--group", action="append", required=True, metavar="NAME=RUN,RUN", help="a named group of runs (e.g. seeds), repeatable: --group ce=runs/ce-s0,runs/ce-s1 --group kd=...")
     p.add_argument("--data", required=True, help="data spec, e.g. cifar10:DIR")
-    p.add_argument("--layer", default="embedding", help="tap of every model (default: embedding, the penultimate feature)")
+    p.add_argument("--layer", default="stage:-1", help="tap of every model, flattened C·H·W (default: stage:-1, the last stage map before "
+                   "pooling, as paper 000; embedding, the pooled feature, is too narrow for 50 components)")
     p.add_argument("--n", type=int, help="first N images of the split (default: all)")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--components", type=int, default=50, help="PCA components per model (default 50)")

@@ -533,7 +533,8 @@ def _sweep_lock(out: Path):
 
 
 def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str | Path = "runs/sweep", workers: int = 1,
-              threads: int | None = None, dry_run: bool = False, echo=_print, imports: list[str] = (), gpus: str | None = None) -> list[dict]:
+              threads: int | None = None, dry_run: bool = False, echo=_print, imports: list[str] = (), gpus: str | None = None,
+              baseline: str | None = None) -> list[dict]:
     """Train every (config × grid point × seed) run into ``out`` and return the finished runs' summaries.
 
     ``grid``: ``["method.T=2,4,8", "kd:optim.lr=0.05,0.1"]`` or ``{"method.T": [2, 4, 8]}``; ``sets``:
@@ -542,8 +543,9 @@ def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str |
     or ``.py`` files registering the user's models) are passed to every run as ``--import``. ``gpus``
     (``"0,1"``): each run gets the GPU running the fewest runs, alone in its ``CUDA_VISIBLE_DEVICES``, so
     ``workers`` above the GPU count puts several runs on one GPU (small-batch runs leave most of a GPU idle). Writes
-    ``out/table.md`` and ``out/table.csv``. Raises :class:`SweepInterrupted` after SIGINT/SIGTERM and
-    :class:`SweepFailed` (with ``.summaries``) when runs failed or were skipped.
+    ``out/table.md`` and ``out/table.csv``, each row compared to the row ``baseline`` names (``report.table_rows``;
+    one naming no finished row is a warning, the table written without it). Raises :class:`SweepInterrupted` after
+    SIGINT/SIGTERM and :class:`SweepFailed` (with ``.summaries``) when runs failed or were skipped.
     """
     out = Path(out)
     gpu_ids = parse_gpus(gpus)
@@ -578,7 +580,11 @@ def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str |
             run.write_record()
     summaries = read_summaries([run.folder for run in finished])
     if summaries:
-        rows = table_rows(summaries)
+        try:
+            rows = table_rows(summaries, baseline)
+        except DistillscopeError as err:  # e.g. the baseline's runs failed: still write the table
+            echo(f"warning: {err}; table written without comparisons")
+            rows = table_rows(summaries)
         markdown = format_markdown(rows)
         (out / "table.md").write_text(markdown + "\n")
         (out / "table.csv").write_text(format_csv(rows))

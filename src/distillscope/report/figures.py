@@ -141,9 +141,14 @@ def class_bars(values: dict[str, np.ndarray], classes: list[str], ylabel: str) -
 
 def results_chart(rows: list[dict], title: str = "") -> bytes:
     """One line per results row (``report.table_rows``), top to bottom in table order: each seed's last-epoch
-    test top-1 (dots), their mean ± std (bar and whiskers) and the mean test top-1 at the best-validation epoch (◇)."""
+    test top-1 (dots), their mean ± std (bar and whiskers) and the mean test top-1 at the best-validation epoch (◇).
+    Rows compared to a baseline (``table_rows(..., baseline=…)``) get a second panel: each row's difference to it
+    with its 95% CI, at the last epoch (■) and at the best-validation epoch (◇)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.6), constrained_layout=True)
+    compared = any("vs baseline" in row for row in rows)
+    fig, axes = plt.subplots(1, 1 + compared, figsize=(8.5 + 4.5 * compared, 0.42 * len(rows) + 1.6), sharey=True, squeeze=False,
+                             constrained_layout=True, gridspec_kw={"width_ratios": [3, 2][: 1 + compared]})
+    ax = axes[0, 0]
     labels = []
     for y, row in enumerate(rows):
         last = np.asarray(row["test@last"], dtype=float)
@@ -157,6 +162,28 @@ def results_chart(rows: list[dict], title: str = "") -> bytes:
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel="test top-1 (%)", title=title)
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(loc="outside lower center", fontsize=8, ncol=3, frameon=False)
+    if compared:
+        _differences_panel(axes[0, 1], rows)
+    fig.legend(loc="outside lower center", fontsize=8, ncol=3 + 2 * compared, frameon=False)
     return png(fig)
 
+
+def _differences_panel(ax, rows: list[dict]) -> None:
+    """Each row's test top-1 minus the baseline's, 95% CI as error bars; a line at 0."""
+    ax.axvline(0, color="#333", linewidth=0.8)
+    marks = (("last", -0.12, "s", colour(0), "Δ last epoch (95% CI)"), ("best val", 0.12, "D", colour(1), "Δ at best val (95% CI)"))
+    labelled = set()
+    for y, row in enumerate(rows):
+        vs = row["vs baseline"]
+        if vs is None:
+            ax.text(0, y, " baseline", va="center", fontsize=8, color="#555")
+            continue
+        for point, offset, marker, tint, label in marks:
+            d = vs[point]
+            if d.diff is None:
+                continue
+            ax.errorbar(d.diff, y + offset, xerr=[[d.diff - d.ci_low], [d.ci_high - d.diff]], fmt=marker, color=tint, markersize=5, capsize=3,
+                        mfc="none" if marker == "D" else tint, label=None if label in labelled else label)
+            labelled.add(label)
+    ax.set(xlabel=f"test top-1 minus {rows[0]['baseline']} (points)")
+    ax.grid(axis="x", alpha=0.3)

@@ -5,13 +5,16 @@ best epoch, the precision that ran, the seeds and the epochs. A row whose seeds 
 seed (recorded ``config`` minus ``seed`` and run-only keys; values a sweep filled from a ``{seed}``
 template compare as that template) is flagged. Among rows of one config that differ only in grid point,
 the one with the best mean *validation* top-1 over the seeds they all share is marked "chosen on val"; test
-accuracy never selects.
+accuracy never selects. With a baseline row, every other row gets its test top-1 difference to it at the last
+and at the best-validation epoch (:mod:`.stats`): paired over the shared seeds where each shared seed saw the
+same data split, batch order and teacher, Welch's t otherwise.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import re
 import statistics
 from collections import Counter
@@ -21,6 +24,7 @@ import yaml
 
 from ..engine.trainer import RUN_ONLY_KEYS
 from ..errors import DistillscopeError
+from .stats import Difference, paired, welch
 
 
 def _natural(path: Path) -> list:
@@ -138,8 +142,22 @@ def _notes(runs: list[dict]) -> str:
     return "; ".join(notes)
 
 
-def table_rows(summaries: list[dict]) -> list[dict]:
-    """One row per (config name, grid point), seeds in first-seen order; values as numbers and lists."""
+def _setup(summary: dict) -> dict | None:
+    """What a paired comparison needs equal for one seed: ``data.*``, epochs and teachers (None: no config)."""
+    config = summary.get("config")
+    if config is None:
+        return None
+    teachers = [config.get("teacher")] + list(config.get("teachers") or [])
+    return {
+        "data": {k: v for k, v in flatten(config).items() if k.startswith("data.")}, "epochs": summary["epochs"],
+        "teacher.checkpoint": [os.path.normpath(t["checkpoint"]) for t in teachers if t and t.get("checkpoint")],
+    }
+
+
+def table_rows(summaries: list[dict], baseline: str | None = None) -> list[dict]:
+    """One row per (config name, grid point), seeds in first-seen order; values as numbers and lists.
+    ``baseline`` (a row's ``run`` name, with its grid point where needed) adds ``"vs baseline"`` to the rows:
+    see :func:`compare_to_baseline`."""
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         point = tuple(((s.get("sweep") or {}).get("grid") or {}).items())
@@ -164,9 +182,75 @@ def table_rows(summaries: list[dict]) -> list[dict]:
             "notes": _notes(runs),
             "machines": [(r.get("machine"), r.get("threads")) for r in runs],
             "folders": [r["folder"] for r in runs if "folder" in r],
+            "setups": [_setup(r) for r in runs],
         })
     _mark_chosen_on_val(rows)
+    if baseline is not None:
+        compare_to_baseline(rows, baseline)
     return rows
+
+
+def row_label(row: dict) -> str:
+    """The row's run name and, where it has one, its grid point: ``kd method.T=4``."""
+    return " ".join(filter(None, [row["run"], row["grid point"]]))
+
+
+def find_row(rows: list[dict], name: str) -> dict:
+    """The one row ``name`` names: its full label, its run name alone, or its run name and grid values
+    (``sfkd logits=0.7`` for ``method.mask.logits=0.7``); a one-line error listing the rows otherwise."""
+    def names(row: dict) -> bool:
+        if name == row["run"]:
+            return True
+        items = row["grid point"].split()
+        wanted = name[len(row["run"]) + 1:].split() if name.startswith(row["run"] + " ") else []
+        return bool(wanted) and all(any(g == w or g.endswith("." + w) for g in items) for w in wanted)
+
+    matches = [row for row in rows if row_label(row) == name] or [row for row in rows if names(row)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(f"'{row_label(row)}'" for row in rows)
+    raise DistillscopeError(f"--baseline '{name}' matches {f'{len(matches)} rows' if matches else 'no row'}; the rows are: {listed}")
+
+
+def _pairing(row: dict, base: dict) -> tuple[list, str]:
+    """(the shared seeds, "") when the two rows can be paired on them, else ([], why not)."""
+    shared = [seed for seed in row["seeds"] if seed in base["seeds"]]
+    if len(shared) < 2:
+        return [], f"{len(shared)} shared seed{'s' * (len(shared) != 1)}"
+    if len(set(row["seeds"])) < len(row["seeds"]) or len(set(base["seeds"])) < len(base["seeds"]):
+        return [], "a seed counted twice"
+    for seed in shared:
+        a, b = (r["setups"][r["seeds"].index(seed)] for r in (row, base))
+        if a is None or b is None:
+            return [], f"seed {seed}: config not recorded"
+        differ = differing_keys([a["data"], b["data"]]) + ["epochs"] * (a["epochs"] != b["epochs"])
+        if a["teacher.checkpoint"] and b["teacher.checkpoint"] and a["teacher.checkpoint"] != b["teacher.checkpoint"]:
+            differ.append("teacher.checkpoint")
+        if differ:
+            return [], f"seed {seed}: {', '.join(differ)} differ{'s' * (len(differ) == 1)}"
+    return shared, ""
+
+
+def compare_to_baseline(rows: list[dict], baseline: str) -> None:
+    """Set ``row["vs baseline"]`` on every row: None on the baseline row itself, else ``{"last": Difference,
+    "best val": Difference, "unpaired because": str}`` for test top-1 minus the baseline's."""
+    base = find_row(rows, baseline)
+    for row in rows:
+        row["baseline"] = row_label(base)
+        if row is base:
+            row["vs baseline"] = None
+            continue
+        shared, why = _pairing(row, base)
+        row["vs baseline"] = {"unpaired because": why}
+        for point, key in (("last", "test@last"), ("best val", "test@best")):
+            if not row[key] or not base[key]:
+                sizes = (len(shared),) * 2 if shared else (len(row["seeds"]), len(base["seeds"]))
+                diff = Difference("paired" if shared else "Welch", *sizes, reason="no validation split")
+            elif shared:
+                diff = paired(*([r[key][r["seeds"].index(seed)] for seed in shared] for r in (row, base)))
+            else:
+                diff = welch(row[key], base[key])
+            row["vs baseline"][point] = diff
 
 
 def _mark_chosen_on_val(rows: list[dict]) -> None:
@@ -216,9 +300,13 @@ def format_markdown(rows: list[dict]) -> str:
     notes = any(row["notes"] for row in rows)
     ensemble = any(row["ensemble"] for row in rows)
     minutes = any(row["minutes"] for row in rows)
+    compared = any("vs baseline" in row for row in rows)
     header = ["run", "model", "method"] + ["grid point"] * grid + [
         "precision", "seeds", "test top-1 @ best val (%)", "test top-1 @ last (%)", "val top-1 @ best (%)", "best epoch", "epochs",
     ] + ["teachers' ensemble test top-1 (%)"] * ensemble + ["minutes per run"] * minutes + ["chosen on val"] * chosen + ["notes"] * notes
+    if compared:
+        base = rows[0]["baseline"]
+        header += [f"Δ last vs {base} (95% CI)", f"Δ best val vs {base} (95% CI)", "test", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["run"], row["model"], row["method"]] + [row["grid point"]] * grid + [
@@ -227,8 +315,32 @@ def format_markdown(rows: list[dict]) -> str:
             mean_std(row["test@last"]), mean_std(row["val@best"]),
             ", ".join(map(str, row["best epochs"])) or "n/a", ", ".join(map(str, row["epochs"])),
         ] + [mean_std(row["ensemble"]) if row["ensemble"] else "n/a"] * ensemble + [_minutes(row["minutes"], len(row["seeds"]))] * minutes + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
+        if compared:
+            cells += _comparison_cells(row["vs baseline"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _machines_note(rows)
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _comparison_cells(vs: dict | None) -> list[str]:
+    """Δ at the last epoch, Δ at best val, the test, the verdict."""
+    if vs is None:
+        return ["baseline", "baseline", "", ""]
+    last, best = vs["last"], vs["best val"]
+    deltas = [f"{d.diff:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}], {_p(d.p)}" if d.diff is not None else "n/a" for d in (last, best)]
+    test = last.label + (f" ({vs['unpaired because']})" if vs["unpaired because"] else "")
+    return deltas + [test, f"last: {last.verdict()}; best val: {best.verdict()}"]
+
+
+def _comparison_numbers(d: Difference) -> list:
+    """diff, ci_low, ci_high, p, df, n, n_baseline, mde, test, note (blank numbers where n/a)."""
+    if d.diff is None:
+        return ["", "", "", "", "", d.n, d.n_other, "", d.test, d.reason]
+    numbers = [round(d.diff, 4), round(d.ci_low, 4), round(d.ci_high, 4), float(f"{d.p:.6g}"), round(d.df, 3)]
+    return numbers + [d.n, d.n_other, round(d.mde, 4), d.test, ""]
 
 
 def _mean_and_std(values: list[float]) -> list:
@@ -238,14 +350,18 @@ def _mean_and_std(values: list[float]) -> list:
 
 
 def format_csv(rows: list[dict]) -> str:
-    """The rows as CSV: means and sample stds in separate numeric columns, lists space-separated."""
+    """The rows as CSV: means and sample stds in separate numeric columns, lists space-separated; with a
+    baseline, ``vs_baseline_{last,best_val}_*`` columns (blank on the baseline row)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    compared = any("vs baseline" in row for row in rows)
+    fields = ("diff", "ci_low", "ci_high", "p", "df", "n", "n_baseline", "mde", "test", "note")
+    comparison = ["baseline", "vs_baseline_unpaired_because"] + [f"vs_baseline_{point}_{f}" for point in ("last", "best_val") for f in fields]
     writer.writerow([
         "run", "model", "method", "grid_point", "precision", "seeds", "n", "test_top1_best_val_mean", "test_top1_best_val_std",
         "test_top1_last_mean", "test_top1_last_std", "val_top1_best_mean", "val_top1_best_std", "best_epochs", "epochs",
         "ensemble_test_top1_mean", "ensemble_test_top1_std", "minutes_per_run_mean", "minutes_per_run_std", "chosen_on_val", "notes", "machines", "folders",
-    ])
+    ] + comparison * compared)
     for row in rows:
         machines = "; ".join(_unique(f"{m}, threads={t}" for m, t in row["machines"] if m is not None))
         writer.writerow([
@@ -255,10 +371,17 @@ def format_csv(rows: list[dict]) -> str:
             " ".join(map(str, row["best epochs"])), " ".join(map(str, row["epochs"])),
             *_mean_and_std(row["ensemble"]), *_mean_and_std(row["minutes"]), int(row["chosen on val"]), row["notes"],
             machines, " ".join(row["folders"]),
-        ])
+        ] + (_csv_comparison(row) if compared else []))
     return buf.getvalue()
 
 
-def results_table(summaries: list[dict]) -> str:
+def _csv_comparison(row: dict) -> list:
+    vs = row["vs baseline"]
+    if vs is None:
+        return [row["baseline"], ""] + [""] * 20
+    return [row["baseline"], vs["unpaired because"], *_comparison_numbers(vs["last"]), *_comparison_numbers(vs["best val"])]
+
+
+def results_table(summaries: list[dict], baseline: str | None = None) -> str:
     """Markdown table of ``summaries`` (see :func:`table_rows`)."""
-    return format_markdown(table_rows(summaries))
+    return format_markdown(table_rows(summaries, baseline))
