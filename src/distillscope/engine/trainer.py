@@ -31,6 +31,7 @@ from ..config import Config, from_dict
 from ..data import Loader, denormalize, index_and_targets, load_data, normalize, same_data
 from ..errors import DistillscopeError, warn
 from ..methods import Outputs, TrainingInfo, create_method
+from ..methods.sfkd import softening_temperature, teacher_entropy_sums
 from ..models import FeatureTaps, canonical_tap, create_model
 from .cache import CacheSpaceError, TeacherCache, augmentation_space, default_cache_root, run_cache_key
 from .checkpoint import fit_weights, load_checkpoint, load_weights, optimizer_state, optimizer_tensors, prefixed, read_weights, save_checkpoint, unprefixed
@@ -138,6 +139,9 @@ class Trainer:
         self.teachers_taps = [FeatureTaps(t, self.method.taps(self.student, t)[1]) for t in self.teachers]
         self._build_method()
         self.model = self.method.deployable(self.student)  # what is evaluated and saved (the student, or e.g. SimKD's)
+        logit_mask = self.method.mask is not None and self.method.mask.logits is not None
+        self.entropy_T = softening_temperature(self.method) if logit_mask else None  # (T, note): the teacher entropy is recorded
+        self.entropy_step = torch.zeros(2, device=self.device) if logit_mask else None  # written in place by each step (and graph replay)
         self._connect_method_hooks()
 
         trainable = list(self.student.parameters()) + [p for p in self.method.parameters() if p.requires_grad]
@@ -408,6 +412,8 @@ class Trainer:
             if view is not None:
                 self._add_views(student, teacher, view)
             losses = self.method(student, teacher, batch, epoch)
+        if self.entropy_T is not None:  # SFKD logit mask: softened teacher entropy before / after it
+            self.entropy_step.copy_(teacher_entropy_sums(teacher, self.method.mask, self.entropy_T[0]))
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -464,6 +470,8 @@ class Trainer:
         n = len(batch)
         terms = {"count": n, "correct1": topk_correct(logits, batch.targets, 1), "correct5": topk_correct(logits, batch.targets, 5)}
         terms.update({f"loss/{k}": v.detach() * n for k, v in losses.items()})
+        if self.entropy_T is not None:
+            terms["teacher_entropy"], terms["teacher_entropy_masked"] = self.entropy_step.double().unbind()
         for key, value in terms.items():
             sums[key] = sums.get(key, torch.zeros((), device=self.device, dtype=torch.float64)) + value
 
@@ -482,6 +490,9 @@ class Trainer:
         row.update({f"train/{k[5:]}": v / s["count"] for k, v in s.items() if k.startswith("loss/")})
         row["train/loss"] = self._mean_loss()
         row["train/top1"], row["train/top5"] = 100 * s["correct1"] / s["count"], 100 * s["correct5"] / s["count"]
+        if "teacher_entropy" in s:  # mean over the epoch's samples (nats)
+            row["train/teacher_entropy"] = s["teacher_entropy"] / s["count"]
+            row["train/teacher_entropy_masked"] = s["teacher_entropy_masked"] / s["count"]
         outputs = {}
         for split, loader in self.eval_loaders.items() if self.dist.is_main else ():
             outputs[split] = collect_logits(self.model, loader, self.amp_dtype)
@@ -531,6 +542,10 @@ class Trainer:
     def _format_row(self, row: dict, improved: bool) -> str:
         parts = [f"epoch {row['epoch']:>3}/{self.cfg.epochs}", f"loss {row['train/loss']:.3f}", f"train {row['train/top1']:.1f}%"]
         parts += [f"{split} {row[f'{split}/top1']:.2f}%" for split in self.eval_loaders]
+        if "train/teacher_entropy" in row:
+            before, after = row["train/teacher_entropy"], row["train/teacher_entropy_masked"]
+            effect = "raises" if after > before else "lowers" if after < before else "leaves" if after == before else "?"
+            parts.append(f"teacher entropy @T={self.entropy_T[0]:g}: {before:.2f} → {after:.2f} nats (mask {effect} it)")
         parts += [f"{row['img_per_s']:.0f} img/s", "*" if improved else ""]
         return "  ".join(parts).rstrip()
 
@@ -545,6 +560,11 @@ class Trainer:
             "teacher_cache": [{"folder": str(c.folder), "features": list(c.storage.features), "filled": c.filled_fraction()}
                               for c in (self.teacher_cache, *self.teacher_caches) if c is not None],  # empty: the teacher(s) ran every step
         }
+        if last is not None and "train/teacher_entropy" in last:  # SFKD logit mask: the last epoch's mean entropies (nats)
+            mask, (T, note) = self.method.mask, self.entropy_T
+            summary["teacher_entropy"] = {"T": T, "fill": "-inf" if mask.logits_fill == -math.inf else "0", "K": mask.logits,
+                                          "teachers": max(1, len(self.teachers)), "unmasked": last["train/teacher_entropy"],
+                                          "masked": last["train/teacher_entropy_masked"], **({"note": note} if note else {})}
         if self.teachers and "test" in self.eval_loaders and self.dist.is_main:
             summary["ensemble_test_top1"] = self._ensemble_top1(self.eval_loaders["test"])
         if self.dist.is_main:

@@ -27,6 +27,10 @@ unmasked method exactly. Per sample:
 - ``logits_fill``: ``0`` (default, Eq. 5 as written: masked logits become 0 and still enter the
   softmax with weight e^0) or ``-inf`` (masked classes leave the softmax: teacher probability 0).
   Feature entries are always zeroed.
+
+Proposition 1 says masking concentrates the teacher's distribution. With fill ``0`` on negative logits it can do
+the opposite (masked classes are raised to 0), so a run with a logit mask records the mean entropy of the softened
+teacher softmax(z/T) before and after the mask (:func:`teacher_entropy_sums`, ``train/teacher_entropy[_masked]``).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import DistillscopeError
 
@@ -86,9 +91,7 @@ class SalientMask:
             raise DistillscopeError("method.mask.features: this method taps no teacher features; mask its logits instead (method.mask.logits)")
         if self.attention is not None and not any(f.dim() == 4 for f in teacher.features.values()):
             raise DistillscopeError("method.mask.attention: this method taps no 4-D (N, C, H, W) teacher maps; use method.mask.features or .logits")
-        logits = teacher.logits
-        if self.logits is not None:
-            logits = mask_entries(logits, self.logits, self.rank, self.logits_fill)
+        logits = self.mask_logits(teacher.logits)
         features = {}
         for name, feature in teacher.features.items():
             if self.attention is not None and feature.dim() == 4:
@@ -97,6 +100,41 @@ class SalientMask:
                 feature = mask_entries(feature, self.features, self.rank)
             features[name] = feature
         return type(teacher)(logits, features, None if teacher.view is None else self(teacher.view))
+
+    def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits as this mask leaves them (unchanged without ``logits``)."""
+        return logits if self.logits is None else mask_entries(logits, self.logits, self.rank, self.logits_fill)
+
+
+def softened_entropy(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Per sample (row), the entropy in nats of softmax(logits / T), in float32; a class with probability 0
+    (a logit of -inf) adds 0 (0 · log 0 = 0)."""
+    p = F.softmax(logits.detach().float() / T, dim=1)
+    return -torch.special.xlogy(p, p).sum(1)
+
+
+def teacher_entropy_sums(teacher, mask: SalientMask, T: float) -> torch.Tensor:
+    """``[Σ H(softmax(z/T)), Σ H(softmax(mask(z)/T))]`` over the batch's samples (float32, shape (2,)) from the
+    teacher's logits z; with several teachers (a list of Outputs) each sample's entropies are averaged over them."""
+    teachers = teacher if isinstance(teacher, list) else [teacher]
+    sums = [torch.stack([softened_entropy(t.logits, T).sum(), softened_entropy(mask.mask_logits(t.logits), T).sum()]) for t in teachers]
+    return torch.stack(sums).mean(0)
+
+
+def softening_temperature(method) -> tuple[float, str | None]:
+    """The temperature T a logit method softens the teacher with, for :func:`teacher_entropy_sums`, and a note when
+    the entropy at T is not exactly what the method distils: ``T`` (KD, DKD, DIST, MTKD, AEKD, ...), MLKD's
+    ``temperatures`` when they are all one value, else T = 1."""
+    T = getattr(method, "T", None)
+    temperatures = getattr(method, "temperatures", None)
+    if temperatures is not None and len(set(temperatures)) == 1:
+        T = temperatures[0]
+    if isinstance(T, bool) or not isinstance(T, (int, float)):
+        several = f"softens at several temperatures ({', '.join(f'{t:g}' for t in temperatures)})" if temperatures else "has no temperature"
+        return 1.0, f"T = 1: {type(method).__name__} {several}"
+    if getattr(method, "logit_standardization", False):
+        return float(T), "the method softens z-scored logits; this is softmax(z/T) of the raw ones"
+    return float(T), None
 
 
 def parse_mask(config: dict | None) -> SalientMask | None:
