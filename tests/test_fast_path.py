@@ -22,10 +22,12 @@ def teacher(tmp_path_factory):
     return path
 
 
-def _assert_close(a: dict, b: dict, rel: float) -> None:
+def _assert_close(a: dict, b: dict, rel: float, one_sample: float = 0.0) -> None:
+    """Losses within ``rel``; accuracies (%) within ``one_sample`` points: other kernels may flip one borderline image."""
     for key, value in a.items():
         if key != "img_per_s":
-            assert math.isclose(value, b[key], rel_tol=rel, abs_tol=rel), (key, value, b[key])
+            tolerance = one_sample + rel if "top" in key else rel
+            assert math.isclose(value, b[key], rel_tol=rel, abs_tol=tolerance), (key, value, b[key])
 
 
 def test_cuda_graph_is_refused_off_the_gpu(tmp_path, tiny_overrides):
@@ -57,4 +59,4 @@ def test_cuda_graph_step_matches_the_eager_step(tmp_path, tiny_overrides, teache
     graphed_trainer = Trainer(load_config(None, overrides + ["run.cuda_graph=true"]), tmp_path / "graphed")
     graphed = graphed_trainer.fit()
     assert graphed_trainer.graphed.graph is not None and graphed_trainer.graphed.epoch == 1  # captured, and again for epoch 2
-    _assert_close(graphed["last"], eager["last"], rel=1e-3)
+    _assert_close(graphed["last"], eager["last"], rel=1e-3, one_sample=100 / 40 + 1e-9)  # the smallest split: 40 test images

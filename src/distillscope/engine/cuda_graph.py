@@ -62,9 +62,10 @@ class GraphedStep:
             self.static.aug[key].copy_(value, non_blocking=True)
 
     def _capture(self, epoch: int) -> None:
-        pool = self.graph.pool() if self.graph is not None else None
-        self.graph = torch.cuda.CUDAGraph()
+        # The previous graph keeps its memory pool alive until the new graph has been captured into it: releasing
+        # it first frees the pool under the capture (a CUDACachingAllocator assertion on re-capture).
+        graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(graph, pool=self.graph.pool() if self.graph is not None else None):
             self.outputs = self.step(self.static, epoch)
-        self.epoch = epoch
+        self.graph, self.epoch = graph, epoch
