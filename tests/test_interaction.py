@@ -1,19 +1,26 @@
 """The Interaction Tensor against independent computations: numpy eigenvectors, corrcoef loops, a hand trace of
 the clustering rule and a planted case whose Ω and statistics are known by construction."""
+import html
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import pearsonr
 
+from distillscope.analysis import interaction as interaction_module
 from distillscope.analysis.interaction import (
-    FIGURES, cluster_components, correlation_threshold, cross_correlations, interaction_from_runs, interaction_tensor,
-    pca_projections, presence,
+    DEFAULT_LAYER, FIGURES, cluster_components, correlation_threshold, cross_correlations, images_and_labels, interaction_from_runs,
+    interaction_tensor, interaction_warnings, pca_projections, presence,
 )
-from distillscope.cli import main
+from distillscope.cli import build_parser, main
 from distillscope.config import load_config
-from distillscope.engine import Trainer
+from distillscope.data import load_data, normalize
+from distillscope.engine import Trainer, load_model
 from distillscope.errors import DistillscopeError
+from distillscope.models import FeatureTaps
+from distillscope.report.html import ReportSettings, section_interaction
 
 
 def test_pca_projections_are_the_top_covariance_eigenvectors_with_the_extreme_entry_positive():
@@ -30,6 +37,20 @@ def test_pca_projections_are_the_top_covariance_eigenvectors_with_the_extreme_en
             assert p[np.abs(p[:, k]).argmax(), k] > 0
     with pytest.raises(DistillscopeError, match="components"):
         pca_projections(x, 7)
+
+
+def test_pca_projections_with_fewer_points_than_dims_match_the_svd():
+    # N < D takes the N×N Gram path (P = U_K S_K); the reference is numpy's SVD of the (centred) matrix
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 50)) * np.linspace(3, 0.5, 50) + 1.0
+    for centre in (True, False):
+        base = x - x.mean(0) if centre else x
+        u, s, _ = np.linalg.svd(base, full_matrices=False)
+        p = pca_projections(x, 6, centre=centre)
+        for k in range(6):
+            expected = u[:, k] * s[k]
+            np.testing.assert_allclose(p[:, k], np.sign(p[:, k] @ expected) * expected, atol=1e-8)
+            assert p[np.abs(p[:, k]).argmax(), k] > 0
 
 
 def test_cross_correlations_match_corrcoef_loops_and_gamma_is_the_percentile_of_all_entries():
@@ -153,14 +174,139 @@ def test_from_runs_and_the_cli_write_json_and_figures(two_runs, tmp_path, capsys
     data = "shapes?n=160&size=16&n_test=60"
     result = interaction_from_runs({"a": [two_runs / "s0"], "b": [two_runs / "s1"]}, data, components=8, progress=False)
     assert result.present.shape == (2, 60, 8) and result.stats["groups"]["a"]["top1"] >= 0
+    # the default tap is resnet8's last stage map (64 × 4 × 4 at 16 px), flattened, not pooled: redo it by hand
+    assert result.settings["layer"] == "stage:-1" and result.layer_dims == [1024, 1024]
+    model, state = load_model(two_runs / "s0")
+    images, _ = images_and_labels(load_data(data).test)
+    with FeatureTaps(model.eval(), {"f": "stage:-1"}) as taps, torch.no_grad():
+        stage = taps(normalize(images, tuple(state["mean"]), tuple(state["std"])))[1]["f"]
+    assert stage.shape == (60, 64, 4, 4)
+    by_hand = pca_projections(stage.flatten(1).double().numpy(), 8).astype(np.float32)
+    np.testing.assert_array_equal(result.present[0], presence(by_hand))
     out = tmp_path / "it"
     assert main(["interaction", "--group", f"a={two_runs / 's0'}", "--group", f"b={two_runs / 's1'}", "--data", data, "--components", "8", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "features" in printed and "shared by all groups" in printed
+    printed = capsys.readouterr()
+    assert "features" in printed.out and "shared by all groups" in printed.out
+    lines = [line for line in printed.err.splitlines() if line.startswith("warning:")]  # stderr also holds the progress bars
+    assert len(lines) == 1 and lines[0].startswith("warning: small groups: the Interaction Tensor compares groups of models")
     saved = json.loads((out / "interaction.json").read_text())
     assert saved["groups"]["a"]["features"] == result.stats["groups"]["a"]["features"]
+    assert saved["layer_dims"] == {str(two_runs / "s0"): 1024, str(two_runs / "s1"): 1024}
+    assert [w["kind"] for w in saved["warnings"]] == ["small_groups"] and saved["settings"]["layer"] == "stage:-1"
+    # the pooled embedding (64 dims, 60 points) with 52 components saturates, and says so
+    runs = f"a={two_runs / 's0'},{two_runs / 's1'},{two_runs / 's0'}"
+    embedding = ["interaction", "--group", runs, "--layer", "embedding"]
+    assert main([*embedding, "--data", data, "--components", "52", "--out", str(tmp_path / "emb")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("warning: saturated: K = 52 components of 60 points")
+    more = "shapes?n=160&size=16&n_test=80"  # 80 points for 70 components, but the embedding has 64 dims
+    assert main([*embedding, "--data", more, "--components", "70", "--out", str(tmp_path / "e2")]) == 2
+    assert "has 64 dims, fewer than 70 components" in capsys.readouterr().err
     for name in FIGURES:
         assert (out / name).stat().st_size > 1000
     assert main(["interaction", "--group", f"a={two_runs / 's0'}", "--data", data, "--components", "8", "--out", str(out)]) == 2  # never overwrites
     assert main(["interaction", "--group", "nonsense", "--data", data, "--out", str(tmp_path / "x")]) == 2
     assert "NAME=RUN" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- default layer and warnings
+def test_default_layer_is_the_last_stage_map_everywhere(monkeypatch):
+    assert DEFAULT_LAYER == "stage:-1"
+    args = build_parser().parse_args(["interaction", "--group", "a=r", "--data", "shapes", "--out", "o"])
+    assert args.layer == DEFAULT_LAYER
+    assert interaction_from_runs.__defaults__[0] == DEFAULT_LAYER  # layer is the first keyword argument
+    called = {}
+
+    def fake(groups, spec, **options):
+        called.update(options)
+        raise DistillscopeError("stop here")
+
+    monkeypatch.setattr(interaction_module, "interaction_from_runs", fake)
+    with pytest.raises(DistillscopeError, match="stop here"):
+        section_interaction(_fake_context({"a": ["r"]}, {"components": 5}))
+    assert called["layer"] == DEFAULT_LAYER and called["components"] == 5  # the report's default, its options kept
+    with pytest.raises(DistillscopeError, match="stop here"):
+        section_interaction(_fake_context({"a": ["r"]}, {"layer": "embedding"}))
+    assert called["layer"] == "embedding"
+
+
+def test_saturation_warning_fires_above_three_quarters_of_min_points_dims():
+    three = {"g": [0, 1, 2]}
+
+    def kinds(components, points, dims):
+        return [w["kind"] for w in interaction_warnings(components, points, three, layer_dims=[dims] * 3)]
+
+    assert kinds(50, 1000, 40) == ["saturated"]  # K > D: PCA keeps everything
+    assert kinds(50, 1000, 62) == ["saturated"]  # K > 0.8 × D
+    assert kinds(50, 1000, 64) == ["saturated"]  # resnet8's embedding: 50 > 0.75 × 64 = 48
+    assert kinds(50, 1000, 400) == [] and kinds(48, 1000, 64) == []  # 48 = 0.75 × 64: not above
+    assert kinds(50, 60, 4096) == ["saturated"]  # N binds: 50 > 0.75 × 60
+    assert kinds(50, 1000, 4096) == []
+    (warning,) = interaction_warnings(50, 1000, three, ["m0", "m1", "m2"], [64, 4096, 64], "embedding")
+    assert warning["models"] == ["m0", "m2"] and warning["dims"] == 64
+    assert "K = 50 components of a 64-dimensional layer embedding for 2 of 3 models" in warning["message"]
+    assert "--layer stage:-1" in warning["message"]
+    assert interaction_warnings(50, 1000, three) == []  # no dims known: nothing to say
+
+
+def _random_result(dims: int, groups: dict[str, list[int]], points: int = 400, components: int = 50):
+    rng = np.random.default_rng(dims)
+    models = sum(len(rows) for rows in groups.values())
+    features = [rng.normal(size=(points, dims)) * np.linspace(2, 0.2, dims) for _ in range(models)]
+    confidence = rng.uniform(0.1, 1.0, size=(models, points))
+    return interaction_tensor([pca_projections(f, components) for f in features], groups, confidence=confidence, layer_dims=[dims] * models,
+                              settings={"layer": "stage:-1"})
+
+
+def test_the_result_records_layer_dims_and_warnings():
+    saturated = _random_result(60, {"a": [0, 1, 2]})  # K = 50 > 0.75 × 60
+    assert [w["kind"] for w in saturated.stats["warnings"]] == ["saturated"]
+    record = json.loads(saturated.to_json())
+    assert record["layer_dims"] == {"model0": 60, "model1": 60, "model2": 60}
+    assert record["warnings"][0]["message"].startswith("saturated: K = 50 components of a 60-dimensional layer stage:-1")
+    wide = _random_result(400, {"a": [0, 1, 2], "b": [3, 4, 5]})
+    assert wide.stats["warnings"] == [] and json.loads(wide.to_json())["warnings"] == []
+
+
+def test_group_size_warning_fires_below_three_models_per_group():
+    def small(groups):
+        return [w for w in interaction_warnings(5, 100, groups) if w["kind"] == "small_groups"]
+
+    (one,) = small({"ce": [0], "kd": [1, 2], "teacher": [3, 4, 5]})
+    assert one["groups"] == {"ce": 1, "kd": 2}
+    assert "compares groups of models" in one["message"] and "ce (1 model), kd (2 models) have fewer than 3" in one["message"]
+    assert small({"kd": [0, 1]})[0]["groups"] == {"kd": 2}
+    assert small({"ce": [0, 1, 2], "kd": [3, 4, 5]}) == []
+    # what the message claims: one model's group has its K components as features and ≈ K/10 of them per point
+    result = _random_result(400, {"a": [0], "b": [1]})
+    assert [w["kind"] for w in result.stats["warnings"]] == ["small_groups"]
+    assert "features per point is ≈ 5.0" in result.stats["warnings"][0]["message"]
+    for entry in result.stats["groups"].values():
+        assert entry["features"] == 50 and entry["features_per_point_mean"] == pytest.approx(5.0, abs=0.05)
+
+
+def _fake_context(groups, options):
+    settings = ReportSettings(out="unused", split="test", progress=False, interaction=options)
+    return SimpleNamespace(settings=settings, groups=groups, data=SimpleNamespace(spec="shapes"), device="cpu",
+                           seeds=lambda g: ",".join(map(str, range(len(groups[g])))), basis=lambda n, runs: f"N = {n}; {runs}")
+
+
+@pytest.mark.parametrize("dims, groups, shown", [
+    (60, {"a": [0, 1, 2]}, ["saturated"]),
+    (400, {"a": [0], "b": [1, 2]}, ["small_groups"]),
+    (400, {"a": [0, 1, 2], "b": [3, 4, 5]}, []),
+])
+def test_the_report_section_shows_the_warnings_above_its_numbers(monkeypatch, dims, groups, shown):
+    result = _random_result(dims, groups)
+    monkeypatch.setattr(interaction_module, "interaction_from_runs", lambda *args, **options: result)
+    section = section_interaction(_fake_context({g: [f"run{r}" for r in rows] for g, rows in groups.items()}, {}))
+    page = section.html
+    assert "compares groups of models" in page
+    warnings = [w["message"] for w in result.stats["warnings"]]
+    assert [w["kind"] for w in section.numbers["warnings"]] == shown
+    assert page.count('class="warning"') == len(shown)
+    for message in warnings:
+        assert html.escape("⚠ " + message) in page and page.index('class="warning"') < page.index("<table>")
+    for name, rows in groups.items():
+        assert (f"<td>⚠ {name}</td>" in page) == (len(rows) < 3)
+    assert f"({dims} dims per image" in page

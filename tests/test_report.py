@@ -93,11 +93,16 @@ def test_numbers_match_independent_evaluations(runs, report):
 
 
 def test_merged_analyses_have_their_sections(runs, report):
-    result, record, _ = report
+    result, record, page = report
     assert record["skipped"] == {}, record["skipped"]
     interaction = record["sections"]["interaction"]["numbers"]
     assert set(interaction["groups"]) == {"KD", "base", "teacher"} and interaction["points"] == 40 and interaction["models"] == 4
     assert interaction["groups"]["KD"]["models"] == [str((runs / r).resolve()) for r in ("kd0", "kd1")]
+    assert interaction["settings"]["layer"] == "stage:-1" and set(interaction["layer_dims"].values()) == {1024}  # resnet8 64×4×4 at 16 px
+    assert [w["kind"] for w in interaction["warnings"]] == ["small_groups"]
+    assert interaction["warnings"][0]["groups"] == {"KD": 2, "base": 1, "teacher": 1}
+    section = re.search(r'<section id="interaction">(.*?)</section>', page, re.S).group(1)
+    assert "compares groups of models" in section and section.index("⚠ small groups") < section.index("<table>")
     points = record["sections"]["infoplane"]["numbers"]["points"]
     assert [(p["epoch"], p["layer"]) for p in points] == [(1, "embedding")]  # only kd0 kept epochs
     cam = record["sections"]["cam"]["numbers"]

@@ -2,7 +2,11 @@
 which models use on which data points.
 
 For M models (in named groups, e.g. seeds of a CE baseline, a KD student and a teacher), one tapped layer each
-and N evaluation images without augmentation:
+and N evaluation images without augmentation. The layer is by default ``stage:-1``, the last convolutional stage
+before global pooling, flattened to D = C·H·W (paper 000: ResNet-18 at 32 px, 512×4×4 = 8,192 dims; resnet8
+64×8×8 = 4,096; wrn_40_2 128×8×8 = 8,192). The pooled ``embedding`` (64 dims for resnet8) is too narrow for K = 50:
+PCA then keeps nearly all of it, every model ends with ≈ K features, and the comparison is saturated
+(``interaction_warnings`` flags K > 0.75·min(N, D)).
 
 1. Per model m: PCA of its (N × D) features to K components, P_m = (F_m − mean) V_K ∈ R^{N×K} (``centre=False``:
    the uncentred SVD variant, P_m = F_m V_K, that the authors' CD notebook used). Each component's sign is
@@ -17,6 +21,10 @@ and N evaluation images without augmentation:
 5. Presence: R_m = P_m / max_n |P_m| per component; component k of model m is present at point n when
    R_m[n, k] exceeds the 90th percentile of all of that model's R_m entries (positive side only, as the authors).
 6. Ω[m, n, t] = 1 when some component of model m assigned to feature t is present at n (Ω ∈ {0,1}^{M×N×T}).
+
+The tensor compares *groups* of models (paper 000: 20 per group). With one model in a group, its feature count is
+its K components and its features per point is ≈ K·(1 − presence percentile / 100) = 5.0 by construction; groups
+of fewer than ``MIN_GROUP`` models are flagged (``interaction_warnings``).
 
 Group statistics take the union over a group's models: its features are those any of its models learned
 (a component assigned to them); frequency of a feature = points where Ω_group[n, t] = 1; features per point =
@@ -47,13 +55,21 @@ from ..errors import DistillscopeError
 COMPONENTS = 50  # K: PCA components per model (Jiang et al. 2024, §3)
 CORRELATION_PERCENTILE = 99.0  # γ = this percentile of |Λ| (Jiang et al. 2024, §3)
 PRESENCE_PERCENTILE = 90.0  # presence threshold per model (Jiang et al. 2024, §3)
+DEFAULT_LAYER = "stage:-1"  # the last conv stage before pooling, flattened C·H·W (paper 000 §3.2)
+SATURATION = 0.75  # K above this fraction of min(N, D): PCA keeps nearly the whole layer (K = 50 of resnet8's 64-d embedding: 0.78)
+MIN_GROUP = 3  # groups of fewer models: their numbers measure K and the presence rule, not the group
 FIGURES = ("interaction_frequency.png", "interaction_features_per_point.png", "interaction_shared.png", "interaction_confidence.png")
 
 
 # ----------------------------------------------------------------------------- the pieces
 def pca_projections(features: np.ndarray, components: int = COMPONENTS, centre: bool = True) -> np.ndarray:
     """(N × D) features -> (N × K) projections on the top-K right singular vectors (of the centred matrix
-    unless ``centre=False``); each column's sign makes its largest-magnitude entry positive."""
+    unless ``centre=False``); each column's sign makes its largest-magnitude entry positive.
+
+    Computed from the top-K eigenpairs of the smaller Gram matrix (X Xᵀ when N ≤ D: P = U_K S_K; else Xᵀ X:
+    P = X V_K), which for flattened stage maps (D in the thousands) is many times faster than a full SVD."""
+    from scipy.linalg import eigh
+
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
         raise DistillscopeError(f"features must be (N, D), got shape {x.shape}")
@@ -61,8 +77,11 @@ def pca_projections(features: np.ndarray, components: int = COMPONENTS, centre: 
         raise DistillscopeError(f"{components} components asked but features are {x.shape[0]} points × {x.shape[1]} dims; lower the components (--components)")
     if centre:
         x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    p = x @ vt[:components].T
+    n, d = x.shape
+    size = min(n, d)
+    values, vectors = eigh(x @ x.T if n <= d else x.T @ x, subset_by_index=[size - components, size - 1])
+    values, vectors = values[::-1], vectors[:, ::-1]  # descending
+    p = vectors * np.sqrt(np.clip(values, 0.0, None)) if n <= d else x @ vectors
     extreme = p[np.abs(p).argmax(0), np.arange(components)]
     return p * np.where(extreme < 0, -1.0, 1.0)
 
@@ -125,6 +144,44 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
 
 
+def interaction_warnings(components: int, points: int, groups: dict[str, list[int]], models: list[str] | None = None,
+                         layer_dims: list[int] | None = None, layer: str | None = None,
+                         presence_percentile: float = PRESENCE_PERCENTILE) -> list[dict]:
+    """Reasons the tensor's numbers may measure the method rather than the models, as ``{"kind", "message", ...}``:
+
+    * ``saturated``: K > ``SATURATION`` · min(N, D) for some model (D = its layer's dimension): PCA keeps nearly
+      the whole layer, so every model has ≈ K features whatever it learned;
+    * ``small_groups``: a group has fewer than ``MIN_GROUP`` models: one model's features are its K components and
+      its features per point is ≈ K·(1 − presence percentile / 100) by construction.
+    """
+    out = []
+    labels = models or [f"model{i}" for i in range(sum(len(rows) for rows in groups.values()))]
+    where = f"layer {layer}" if layer else "layer"
+    for dims in sorted(set(layer_dims or [])):
+        limit = min(points, dims)
+        if components <= SATURATION * limit:
+            continue
+        hit = [labels[m] for m, d in enumerate(layer_dims) if d == dims]
+        size = (f"a {dims}-dimensional {where}" if dims <= points
+                else f"{points} points (the {dims}-dimensional {where} has at most {points} components)")
+        wider = "a wider layer" + ("" if layer == DEFAULT_LAYER else f" (--layer {DEFAULT_LAYER})")
+        hint = f"{wider} or fewer --components" if dims <= points else "more images (--n) or fewer --components"
+        out.append({"kind": "saturated", "components": components, "points": points, "dims": dims, "models": hit,
+                    "message": f"saturated: K = {components} components of {size} for {len(hit)} of {len(labels)} models "
+                               f"(> {SATURATION:g} × {limit}); the feature count measures K, not the model. Use {hint}."})
+    small = {name: len(rows) for name, rows in groups.items() if len(rows) < MIN_GROUP}
+    if small:
+        listed = ", ".join(f"{name} ({count} model{'s' * (count != 1)})" for name, count in small.items())
+        per_point = components * (1 - presence_percentile / 100)
+        out.append({"kind": "small_groups", "groups": small, "minimum": MIN_GROUP,
+                    "message": f"small groups: the Interaction Tensor compares groups of models (paper 000: 20 per group), and "
+                               f"{listed} {'has' if len(small) == 1 else 'have'} fewer than {MIN_GROUP}. With one model, a group's "
+                               f"feature count is its K = {components} PCA components and its features per point is ≈ {per_point:.1f} "
+                               f"by construction (presence is the top {100 - presence_percentile:g}% of the model's own entries); "
+                               f"these numbers measure the method, not the group."})
+    return out
+
+
 # ----------------------------------------------------------------------------- the result
 @dataclass
 class InteractionResult:
@@ -139,6 +196,7 @@ class InteractionResult:
     settings: dict
     confidence: np.ndarray | None = None  # (M, N) max softmax probability
     correct: np.ndarray | None = None  # (M, N) bool
+    layer_dims: list[int] | None = None  # D of every model's tapped layer (features per image)
     stats: dict = field(init=False)
 
     def __post_init__(self):
@@ -205,11 +263,15 @@ class InteractionResult:
             "frequency_sorted_of_shared": {name: np.sort(self.group_omega(name)[:, shared_ids].sum(0)).tolist() for name in names},
         }
         m, n, k = self.present.shape
-        return {"models": m, "points": n, "components": k, "features": self.num_features, "gamma": self.gamma, "groups": per_group, "shared": shared}
+        warnings = interaction_warnings(k, n, self.groups, self.models, self.layer_dims, self.settings.get("layer"),
+                                        self.settings.get("presence_percentile", PRESENCE_PERCENTILE))
+        return {"models": m, "points": n, "components": k, "features": self.num_features, "gamma": self.gamma, "groups": per_group,
+                "shared": shared, "warnings": warnings}
 
     def to_dict(self) -> dict:
         """Settings, statistics and the clustering (assignment, best) as plain JSON-able values."""
-        return {"settings": self.settings, **self.stats, "model_labels": self.models, "group_rows": self.groups,
+        dims = None if self.layer_dims is None else dict(zip(self.models, map(int, self.layer_dims)))
+        return {"settings": self.settings, **self.stats, "layer_dims": dims, "model_labels": self.models, "group_rows": self.groups,
                 "assignment": self.assignment.tolist(), "best_correlation": np.round(self.best, 6).tolist()}
 
     def to_json(self) -> str:
@@ -258,10 +320,12 @@ def interaction_tensor(
     presence_percentile: float = PRESENCE_PERCENTILE,
     settings: dict | None = None,
     progress: bool = False,
+    layer_dims: list[int] | None = None,
 ) -> InteractionResult:
     """Build the Interaction Tensor from per-model PCA projections (M of shape N × K, see ``pca_projections``).
 
-    ``groups`` maps a name to model rows; ``gamma`` (absolute) overrides ``correlation_percentile``.
+    ``groups`` maps a name to model rows; ``gamma`` (absolute) overrides ``correlation_percentile``;
+    ``layer_dims`` (D per model, the width of the features PCA reduced) enables the saturation warning.
     """
     p = np.stack([np.asarray(x, dtype=np.float32) for x in projections])
     rows = sorted(r for members in groups.values() for r in members)
@@ -274,7 +338,10 @@ def interaction_tensor(
     settings = {"components": p.shape[2], "correlation_percentile": None if gamma is not None else correlation_percentile,
                 "gamma": threshold, "presence_percentile": presence_percentile, **(settings or {})}
     labels = models or [f"model{i}" for i in range(len(p))]
-    return InteractionResult(dict(groups), labels, assignment, best, present, threshold, settings, confidence, correct)
+    if layer_dims is not None and len(layer_dims) != len(p):
+        raise DistillscopeError(f"layer_dims has {len(layer_dims)} entries for {len(p)} models")
+    return InteractionResult(dict(groups), labels, assignment, best, present, threshold, settings, confidence, correct,
+                             None if layer_dims is None else [int(d) for d in layer_dims])
 
 
 def images_and_labels(dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +372,7 @@ def layer_outputs(model: torch.nn.Module, layer: str, images: torch.Tensor, mean
 def interaction_from_runs(
     groups: dict[str, list[str | Path]],
     data_spec: str,
-    layer: str = "embedding",
+    layer: str = DEFAULT_LAYER,
     n: int | None = None,
     split: str = "test",
     components: int = COMPONENTS,
@@ -318,7 +385,8 @@ def interaction_from_runs(
     progress: bool = True,
 ) -> InteractionResult:
     """Load every run (run folder -> best checkpoint, or a .safetensors file), tap ``layer`` on the first ``n``
-    images of ``split`` (no augmentation; feature maps are averaged over space), and build the tensor."""
+    images of ``split`` (no augmentation; feature maps are flattened to C·H·W, as paper 000 does with the last
+    stage, the default ``stage:-1``; ``embedding`` is the same map average-pooled), and build the tensor."""
     from ..data import load_data
     from ..engine import load_model
 
@@ -330,15 +398,18 @@ def interaction_from_runs(
     images, labels = images_and_labels(data.train if split == "train" else data.test, n)
     if len(images) <= components:
         raise DistillscopeError(f"{len(images)} images for {components} components; use more images (--n) or fewer components")
-    projections, confidence, correct, labels_out, rows = [], [], [], [], {}
+    projections, confidence, correct, labels_out, rows, dims = [], [], [], [], {}, []
     runs = [(name, run) for name, members in groups.items() for run in members]
     for name, run in tqdm(runs, desc="models", disable=not progress):
         model, state = load_model(run, device)
         if state["num_classes"] != data.num_classes:
             raise DistillscopeError(f"run '{run}' has {state['num_classes']} classes but '{data_spec}' has {data.num_classes}")
         feats, logits = zip(*layer_outputs(model, layer, images, state["mean"], state["std"], device, batch_size))
-        feats = torch.cat(feats)
-        feats = feats.flatten(2).mean(2) if feats.ndim == 4 else feats.flatten(1)
+        feats = torch.cat(feats).flatten(1)  # N × C·H·W for a feature map
+        if feats.shape[1] < components:
+            raise DistillscopeError(f"layer '{layer}' of '{run}' has {feats.shape[1]} dims, fewer than {components} components; "
+                                    f"tap a wider layer (--layer {DEFAULT_LAYER}) or use fewer --components")
+        dims.append(int(feats.shape[1]))
         probs = torch.cat(logits).softmax(1).cpu()
         projections.append(pca_projections(feats.cpu().double().numpy(), components, centre).astype(np.float32))
         confidence.append(probs.max(1).values.numpy())
@@ -347,7 +418,7 @@ def interaction_from_runs(
         labels_out.append(str(run))
     settings = {"data": data_spec, "split": split, "points": len(images), "layer": layer, "centre": centre}
     return interaction_tensor(projections, rows, labels_out, np.stack(confidence), np.stack(correct), correlation_percentile, gamma,
-                              presence_percentile, settings, progress)
+                              presence_percentile, settings, progress, dims)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -35,7 +35,8 @@ SPLITS = ("test", "val", "train")
 @dataclass
 class ReportSettings:
     """What the report is about and how much it computes. ``explain``, ``interaction`` and ``infoplane`` are keyword
-    options of ``ExplainSettings``, ``interaction_from_runs`` and ``information_plane`` (``probe``: ``ProbeSettings``)."""
+    options of ``ExplainSettings``, ``interaction_from_runs`` and ``information_plane`` (``probe``: ``ProbeSettings``);
+    ``interaction``'s ``layer`` defaults to ``stage:-1`` (the last stage map, flattened C·H·W)."""
 
     out: str
     student: str | None = None
@@ -492,25 +493,34 @@ def _embedded_figures(write: Callable[[Path], list[Path]]) -> str:
 
 def section_interaction(ctx: ReportContext) -> Section:
     try:
-        from ..analysis.interaction import interaction_from_runs
+        from ..analysis.interaction import DEFAULT_LAYER, MIN_GROUP, interaction_from_runs
     except ImportError:
         raise SectionSkipped("the Interaction Tensor (analysis/interaction.py) is not part of this build") from None
     if ctx.settings.split == "val":
         raise SectionSkipped("the Interaction Tensor is computed on the train or test split; use --split test")
-    options = {"layer": "embedding", **ctx.settings.interaction}
+    options = {"layer": DEFAULT_LAYER, **ctx.settings.interaction}
     result = interaction_from_runs({g: [str(r) for r in runs] for g, runs in ctx.groups.items()}, ctx.data.spec, n=ctx.settings.limit,
                                    split=ctx.settings.split, device=str(ctx.device), progress=ctx.settings.progress, **options)
     stats = result.stats
-    rows = [[g, ctx.seeds(g), e["features"], f"{e['mean_frequency']:.1f}", f"{e['features_per_point_mean']:.1f}", e["features_never_present"],
+    body = _note(f"The Interaction Tensor compares groups of models (paper 000: 20 models per group): a group's features are the union "
+                 f"over its models, so its numbers are statistics of the group; groups of fewer than {MIN_GROUP} models are flagged ⚠.")
+    body += "".join('<p class="warning" style="color:#7a4100;background:#fff4e0;border-left:3px solid #e0a030;padding:4px 8px">'
+                    f"⚠ {html.escape(w['message'])}</p>" for w in stats["warnings"])
+    rows = [[("⚠ " if len(e["models"]) < MIN_GROUP else "") + g, ctx.seeds(g), e["features"], f"{e['mean_frequency']:.1f}",
+             f"{e['features_per_point_mean']:.1f}", e["features_never_present"],
              f"{e.get('top1', float('nan')):.2f}", _cell((e.get("confidence_vs_features") or {}).get("pearson") or float("nan"))]
             for g, e in stats["groups"].items()]
-    body = _table(["group", "seeds", "features", "mean frequency (points)", "features per point", "never present", "top-1 (%)", "r(features, confidence)"], rows)
+    body += _table(["group", "seeds", "features", "mean frequency (points)", "features per point", "never present", "top-1 (%)",
+                    "r(features, confidence)"], rows)
+    dims = sorted(set(result.layer_dims or []))
+    span = f"{dims[0]:,}" + (f"–{dims[-1]:,}" if len(dims) > 1 else "") if dims else ""
+    width = f" ({span} dims per image, maps flattened C·H·W)" if dims else ""
     pairs = ", ".join(f"{k}: {v}" for k, v in stats["shared"]["pairwise"].items())
     body += _note(f"{stats['features']} features from {stats['models']} models × {stats['components']} PCA components of the "
-                  f"{options['layer']} feature on {stats['points']:,} points; γ = {stats['gamma']:.4f}. Shared by all groups: "
+                  f"{options['layer']} feature{width} on {stats['points']:,} points; γ = {stats['gamma']:.4f}. Shared by all groups: "
                   f"{stats['shared']['all_groups']}" + (f"; pairwise: {pairs}." if pairs else ".")
-                  + " Paper 000 (CIFAR-100; baseline / KD student / teacher): 531 / 281 / 264 features, mean frequency 1329 / 2121 / 2243, "
-                  "≈ 71 / 60 / 59 features per point.")
+                  + " Paper 000 (CIFAR-100, the last convolutional stage, 20 models per group; baseline / KD student / teacher): "
+                  "531 / 281 / 264 features, mean frequency 1329 / 2121 / 2243, ≈ 71 / 60 / 59 features per point.")
     body += _embedded_figures(result.figures)
     numbers = {k: v for k, v in result.to_dict().items() if k not in ("assignment", "best_correlation")}
     return Section(body, numbers, ctx.basis(stats["points"], runs="every run, grouped: " + "; ".join(f"{g} seeds {ctx.seeds(g)}" for g in ctx.groups)))
