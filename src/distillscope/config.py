@@ -99,6 +99,10 @@ class RunConfig:
             self.teacher_cache = "auto" if self.teacher_cache else "off"
 
 
+# run keys that change how a run is carried out, not what it trains: a resume may change them, tables and sweeps ignore them
+RUN_ONLY_KEYS = {"progress", "log_every", "device", "threads", "keep_every", "teacher_cache", "teacher_cache_max_gib"}
+
+
 @dataclass
 class Config:
     """A whole training run: data, student, optional teacher (or ``teachers``), method, optimiser and runtime."""
@@ -232,19 +236,46 @@ def validate(config: Config) -> Config:
     return config
 
 
+def merge(base: dict, over: dict) -> dict:
+    """``over`` deep-merged onto ``base``: mappings merge key by key; lists and scalars replace."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both else value
+    return out
+
+
+def read_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe's YAML as a dict, with its ``base:`` chain resolved.
+
+    ``base: _base.yaml`` (a path relative to the recipe's own folder) names a file the recipe is merged onto
+    with :func:`merge`; a base may name a base of its own. The result holds no ``base`` key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DistillscopeError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DistillscopeError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DistillscopeError(f"config file '{path}' must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise DistillscopeError(f"config file '{path}': base should be one file name, e.g. base: _base.yaml; got {base!r}")
+    chain, base_path = (*_chain, path.resolve()), path.parent / base
+    if not base_path.is_file():
+        raise DistillscopeError(f"config file '{path}': its base '{base_path}' does not exist")
+    if base_path.resolve() in chain:
+        raise DistillscopeError(f"config file '{path}': base '{base_path}' makes a cycle ({' -> '.join(p.name for p in (*chain, base_path))})")
+    return merge(read_recipe(base_path, chain), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), data_spec: str | None = None) -> Config:
-    """Read a YAML recipe (or the defaults), apply overrides and validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DistillscopeError(f"config file '{path}' does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise DistillscopeError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise DistillscopeError(f"config file '{path}' must hold a mapping at the top level")
+    """Read a YAML recipe (or the defaults), resolve its ``base:`` chain, apply overrides and validate."""
+    data = read_recipe(path) if path is not None else {}
     apply_overrides(data, list(overrides))
     if data_spec:
         data.setdefault("data", {})["spec"] = data_spec

@@ -21,7 +21,7 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float) -> torch.Ten
     return (attention_map(student, p) - attention_map(teacher, p)).pow(2).mean()
 
 
-@register_method("at")
+@register_method("at", family="feature", paper="Zagoruyko & Komodakis, Paying More Attention to Attention", year=2017)
 class AT(DistillMethod):
     """Attention transfer on several stages: ``β · Σ_j mean((Q_s^j − Q_t^j)²)`` beside the label loss.
 
@@ -36,6 +36,8 @@ class AT(DistillMethod):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         check_tap_lists("at", student_taps, teacher_taps)
         self.p, self.at_weight, self.student_taps, self.teacher_taps = p, at_weight, student_taps, teacher_taps
+
+    taps_description = "attention maps of every shared stage (stage:i)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return paired_taps("at", student, teacher, "stage", "stage", self.student_taps, self.teacher_taps)

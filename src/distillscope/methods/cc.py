@@ -25,7 +25,7 @@ def cc_loss(student: torch.Tensor, teacher: torch.Tensor, gamma: float, order: i
     return (correlation_matrix(teacher, gamma, order) - correlation_matrix(student, gamma, order)).pow(2).mean()
 
 
-@register_method("cc")
+@register_method("cc", family="relation", paper="Peng et al., Correlation Congruence for Knowledge Distillation", year=2019)
 class CC(DistillMethod):
     """Correlation congruence on embedded penultimate features: ``β · L_CC`` beside the label loss.
 
@@ -41,6 +41,8 @@ class CC(DistillMethod):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.cc_weight, self.gamma, self.order, self.feat_dim = cc_weight, gamma, order, feat_dim
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
+
+    taps_description = "embedding (penultimate features)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return {"f": self.student_tap}, {"f": self.teacher_tap}

@@ -63,7 +63,7 @@ def shuffle_off_diagonal(table: torch.Tensor, columns: torch.Tensor, permutation
     return table.scatter(1, columns, off.gather(1, permutation))
 
 
-@register_method("cd")
+@register_method("cd", family="self", paper="Kang & Kim, Confusion Distillation (arXiv:2606.03052)", year=2026)
 class ConfusionDistillation(DistillMethod):
     """Confusion Distillation. Defaults: the paper's CIFAR-100 setting (T = 2, α = ``cd_weight`` = 0.7,
     β = ``ce_weight`` = 0.3, ε = ``smoothing`` = 0.1, μ = ``momentum`` = 0.9, phases 30/30/60/30/150 of 300).

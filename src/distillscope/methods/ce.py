@@ -3,6 +3,7 @@ from .base import DistillMethod
 from .registry import register_method
 
 
-@register_method("ce")
+@register_method("ce", family="baseline")
 class CrossEntropy(DistillMethod):
     needs_teacher = False
+    taps_description = "nothing (labels only)"

@@ -25,7 +25,7 @@ def nce_loss(scores: torch.Tensor, n_data: int) -> torch.Tensor:
     return -(positive.sum() + negative.sum()) / scores.shape[0]
 
 
-@register_method("crd")
+@register_method("crd", family="feature", paper="Tian et al., Contrastive Representation Distillation", year=2020)
 class CRD(DistillMethod):
     """CRD on the penultimate embeddings: ``β · (L_NCE(student anchors) + L_NCE(teacher anchors))`` + label loss.
 
@@ -48,6 +48,8 @@ class CRD(DistillMethod):
             raise DistillscopeError(f"method crd: need nce_k >= 1, 0 <= nce_momentum < 1 and nce_t > 0 (got {nce_k}, {nce_momentum}, {nce_t})")
         self.crd_weight, self.feat_dim, self.nce_k, self.nce_t, self.nce_momentum = crd_weight, feat_dim, nce_k, nce_t, nce_momentum
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
+
+    taps_description = "embedding (penultimate features)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return {"f": self.student_tap}, {"f": self.teacher_tap}

@@ -14,7 +14,7 @@ from .kd import kd_loss
 from .registry import register_method
 
 
-@register_method("cskd")
+@register_method("cskd", family="self", paper="Yun et al., Regularizing Class-wise Predictions via Self-knowledge Distillation", year=2020)
 class ClassWiseSelfKD(DistillMethod):
     """CS-KD. Defaults: the paper's CIFAR-100 setting (T = 4, λ = ``cls_weight`` = 1, CE weight 1)."""
 

@@ -28,7 +28,7 @@ def dist_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temp
     return scale * pearson_distance(y_s, y_t), scale * pearson_distance(y_s.t(), y_t.t())
 
 
-@register_method("dist")
+@register_method("dist", family="logit", paper="Huang et al., Knowledge Distillation from A Stronger Teacher", year=2022)
 class DIST(DistillMethod):
     """β·inter-class + γ·intra-class Pearson relation loss beside the label loss.
 

@@ -35,7 +35,7 @@ def dkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targe
     return tckd * temperature**2, nckd * temperature**2
 
 
-@register_method("dkd")
+@register_method("dkd", family="logit", paper="Zhao et al., Decoupled Knowledge Distillation", year=2022)
 class DKD(DistillMethod):
     """Decoupled KD: α·TCKD + β·NCKD, ramped in linearly over the first ``warmup_epochs``.
 

@@ -16,7 +16,7 @@ def conv_regressor(in_shape, out_shape) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-@register_method("fitnet")
+@register_method("fitnet", family="feature", paper="Romero et al., FitNets: Hints for Thin Deep Nets", year=2015)
 class FitNet(DistillMethod):
     def __init__(
         self,
@@ -29,6 +29,8 @@ class FitNet(DistillMethod):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.student_tap, self.teacher_tap, self.hint_weight = student_tap, teacher_tap, hint_weight
         self.regressor: nn.Module | None = None
+
+    taps_description = "stage:mid feature map (hint)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return {"hint": self.student_tap}, {"hint": self.teacher_tap}

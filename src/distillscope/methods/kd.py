@@ -36,7 +36,7 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return torch.where(finite, (kept - mean) / (var.sqrt() + eps), z)
 
 
-@register_method("kd")
+@register_method("kd", family="logit", paper="Hinton et al., Distilling the Knowledge in a Neural Network", year=2015)
 class KD(DistillMethod):
     """Hinton KD. Defaults: T = 4, KD weight 0.9, CE weight 0.1 (the CRD/mdistiller CIFAR-100 setting).
 

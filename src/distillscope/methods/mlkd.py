@@ -20,7 +20,7 @@ def gram_distance(p_s: torch.Tensor, p_t: torch.Tensor, dim: int) -> torch.Tenso
     return (gram(p_s) - gram(p_t)).pow(2).sum() / p_s.shape[dim]
 
 
-@register_method("mlkd")
+@register_method("mlkd", family="logit", paper="Jin et al., Multi-Level Logit Distillation", year=2023)
 class MLKD(DistillMethod):
     """Instance-, batch- and class-level alignment of softened predictions, summed over temperatures.
 

@@ -76,7 +76,7 @@ def min_norm_weights(gradients: torch.Tensor, cap: float, iterations: int = 300)
     return alpha
 
 
-@register_method("mtkd")
+@register_method("mtkd", family="multi-teacher", paper="Hinton et al., Distilling the Knowledge in a Neural Network (§2, ensembles)", year=2015)
 class MultiTeacherKD(DistillMethod):
     """Average of the teachers' softened logits, then KD. Defaults as ``kd``: T = 4, KD weight 0.9, CE 0.1."""
 
@@ -92,7 +92,7 @@ class MultiTeacherKD(DistillMethod):
         return {"kd": self.kd_weight * F.kl_div(log_p_s, p_ensemble, reduction="batchmean") * self.T**2}
 
 
-@register_method("aekd")
+@register_method("aekd", family="multi-teacher", paper="Du et al., Agree to Disagree: Adaptive Ensemble Knowledge Distillation in Gradient Space", year=2020)
 class AdaptiveEnsembleKD(DistillMethod):
     """AEKD on logits: per-sample teacher weights from the student's logit gradients (module docstring).
 
@@ -146,7 +146,7 @@ def hint_regressor(student_shape, teacher_shape) -> nn.Module:
     return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
 
 
-@register_method("aekd_f")
+@register_method("aekd_f", family="multi-teacher", paper="Du et al., Agree to Disagree (AEKD, the feature variant of the authors' code)", year=2020)
 class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
     """AEKD-F: ``aekd`` on the logits plus a hint term with AEKD weights in the student's feature space (module docstring).
 
@@ -160,6 +160,8 @@ class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
         self.hint_weight, self.student_tap, self.teacher_tap = hint_weight, student_tap, teacher_tap
         self.regressors = nn.ModuleList()
         self.last_feature_weights: torch.Tensor | None = None  # (M,) of the latest step, for inspection
+
+    taps_description = "each teacher's logits + stage:mid feature map"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return {"hint": self.student_tap}, {"hint": self.teacher_tap}

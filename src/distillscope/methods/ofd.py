@@ -58,7 +58,7 @@ def bn_before(model: nn.Module, spec: str, channels: int) -> nn.BatchNorm2d:
     return found[-1]
 
 
-@register_method("ofd")
+@register_method("ofd", family="feature", paper="Heo et al., A Comprehensive Overhaul of Feature Distillation", year=2019)
 class OFD(DistillMethod):
     """OFD: ``w · Σ_j d_p(C_j(s_j), σ_m(t_j)) / 2^(k−1−j) / b`` on pre-ReLU features, beside the label loss.
 
@@ -76,6 +76,8 @@ class OFD(DistillMethod):
         check_tap_lists("ofd", student_taps, teacher_taps)
         self.ofd_weight, self.student_taps, self.teacher_taps = ofd_weight, student_taps, teacher_taps
         self._teacher = None
+
+    taps_description = "pre-ReLU features of every shared stage (preact:i)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         student_taps, teacher_taps = paired_taps("ofd", student, teacher, "preact", "preact", self.student_taps, self.teacher_taps)

@@ -14,7 +14,7 @@ from .base import DistillMethod
 from .registry import register_method
 
 
-@register_method("ols")
+@register_method("ols", family="self", paper="Zhang et al., Delving Deep into Label Smoothing", year=2021)
 class OnlineLabelSmoothing(DistillMethod):
     """OLS. Defaults: the paper's CIFAR-100 setting (0.5 · CE + 0.5 · soft CE, initial smoothing 0.1)."""
 

@@ -25,7 +25,7 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (p_t * torch.log((p_t + EPS) / (p_s + EPS))).mean()
 
 
-@register_method("pkt")
+@register_method("pkt", family="relation", paper="Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer", year=2018)
 class PKT(DistillMethod):
     """PKT on the penultimate embedding: ``β · KL(P_t ‖ P_s)`` beside the label loss.
 
@@ -38,6 +38,8 @@ class PKT(DistillMethod):
                  ce_weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.pkt_weight, self.student_tap, self.teacher_tap = pkt_weight, student_tap, teacher_tap
+
+    taps_description = "embedding (penultimate features)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return {"f": self.student_tap}, {"f": self.teacher_tap}

@@ -14,7 +14,7 @@ from .base import DistillMethod
 from .registry import register_method
 
 
-@register_method("pskd")
+@register_method("pskd", family="self", paper="Kim et al., Self-Knowledge Distillation with Progressive Refinement of Targets", year=2021)
 class ProgressiveSelfKD(DistillMethod):
     """PS-KD. Default: the paper's CIFAR-100 setting α_T = 0.8 (the soft CE replaces the label CE)."""
 

@@ -9,11 +9,55 @@ from ..values import as_number
 from .base import DistillMethod
 
 METHODS: Registry[DistillMethod] = Registry("method")
-register_method = METHODS.register
+FAMILIES = ("baseline", "logit", "feature", "relation", "self", "multi-teacher")  # the table's order
+_INFO: dict[str, dict] = {}  # name -> {family, paper, year}
+
+
+def register_method(name: str, *, family: str, paper: str | None = None, year: int | None = None):
+    """Class decorator: register a method under ``name`` with what the methods table shows about it.
+
+    ``family``: one of :data:`FAMILIES`; ``paper``: a short citation, ``year``: its year (both left out only
+    by a baseline). What the method taps is read from the class (:func:`method_taps`).
+    """
+    if family not in FAMILIES:
+        raise DistillscopeError(f"register_method('{name}'): unknown family '{family}'; valid: {', '.join(FAMILIES)}")
+    if family != "baseline" and not (paper and isinstance(year, int)):
+        raise DistillscopeError(f"register_method('{name}'): give paper='Author et al., Title' and year=YYYY")
+
+    def decorator(cls):
+        METHODS.register(name)(cls)
+        _INFO[name] = {"family": family, "paper": paper, "year": year}
+        return cls
+
+    return decorator
 
 
 def list_methods() -> list[str]:
     return METHODS.names()
+
+
+def method_taps(cls) -> str:
+    """What a method class reads besides the labels: its ``taps_description`` (set by every method that
+    overrides :meth:`DistillMethod.taps`), else the teacher's logits, or its own predictions without a teacher."""
+    if getattr(cls, "taps_description", None):
+        return cls.taps_description
+    if cls.multi_teacher:
+        return "each teacher's logits"
+    return "teacher logits" if cls.needs_teacher else "own predictions"
+
+
+def method_table() -> list[dict]:
+    """One row per registered method (name, family, paper, year, taps), by family then name."""
+    rows = [{"name": name, **_INFO[name], "taps": method_taps(METHODS.get(name))} for name in list_methods()]
+    return sorted(rows, key=lambda row: (FAMILIES.index(row["family"]), row["name"]))
+
+
+def methods_markdown() -> str:
+    """The methods table in Markdown (``distillscope list methods`` prints it; docs/design.md holds a copy)."""
+    lines = ["| method | family | paper | year | taps |", "|---|---|---|---|---|"]
+    for row in method_table():
+        lines.append(f"| {row['name']} | {row['family']} | {row['paper'] or '—'} | {row['year'] or '—'} | {row['taps']} |")
+    return "\n".join(lines)
 
 
 def method_parameters(name: str) -> dict[str, inspect.Parameter]:

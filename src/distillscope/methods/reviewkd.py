@@ -54,7 +54,7 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, None, None] if x.dim() == 2 else x
 
 
-@register_method("reviewkd")
+@register_method("reviewkd", family="feature", paper="Chen et al., Distilling Knowledge via Knowledge Review", year=2021)
 class ReviewKD(DistillMethod):
     """ReviewKD: ``w · min(1, (epoch + 1) / warm-up) · Σ_j HCL(ABF_j, t_j)`` beside the label loss (epoch 0-based).
 
@@ -72,6 +72,8 @@ class ReviewKD(DistillMethod):
         check_tap_lists("reviewkd", student_taps, teacher_taps)
         self.reviewkd_weight, self.warmup_epochs, self.mid_channels = reviewkd_weight, warmup_epochs, mid_channels
         self.student_taps, self.teacher_taps = student_taps, teacher_taps
+
+    taps_description = "every shared stage (student stage:i, teacher preact:i) + embedding"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         student_taps, teacher_taps = paired_taps("reviewkd", student, teacher, "stage", "preact", self.student_taps, self.teacher_taps)

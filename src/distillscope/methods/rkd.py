@@ -44,7 +44,7 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return F.smooth_l1_loss(_angles(student.flatten(1)), target)
 
 
-@register_method("rkd")
+@register_method("rkd", family="relation", paper="Park et al., Relational Knowledge Distillation", year=2019)
 class RKD(DistillMethod):
     """RKD-DA on the penultimate embedding: ``w_d · L_dist + w_a · L_angle`` beside the label loss.
 
@@ -58,6 +58,8 @@ class RKD(DistillMethod):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
+
+    taps_description = "embedding (penultimate features)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return {"f": self.student_tap}, {"f": self.teacher_tap}

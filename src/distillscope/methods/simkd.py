@@ -59,7 +59,7 @@ class ProjectedStudent(nn.Module):
         return classify(self.fc, projected)
 
 
-@register_method("simkd")
+@register_method("simkd", family="feature", paper="Chen et al., Knowledge Distillation with the Reused Teacher Classifier", year=2022)
 class SimKD(DistillMethod):
     """SimKD: ``w · ‖P(s) − t‖²`` (mean) between the projected student feature map and the teacher's.
 
@@ -81,6 +81,8 @@ class SimKD(DistillMethod):
         self.simkd_weight, self.factor = simkd_weight, factor
         self.student_tap, self.teacher_tap, self.teacher_classifier = student_tap, teacher_tap, teacher_classifier
         self._classifier_state: dict[str, torch.Tensor] | None = None
+
+    taps_description = "last stage (stage:-1) + the teacher's classifier"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         try:

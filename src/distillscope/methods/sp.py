@@ -18,7 +18,7 @@ def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (g_t - g_s).pow(2).sum() / (b * b)
 
 
-@register_method("sp")
+@register_method("sp", family="relation", paper="Tung & Mori, Similarity-Preserving Knowledge Distillation", year=2019)
 class SP(DistillMethod):
     """Similarity preservation: ``γ · Σ_j ‖G̃_t^j − G̃_s^j‖_F² / b²`` beside the label loss.
 
@@ -33,6 +33,8 @@ class SP(DistillMethod):
         check_tap_lists("sp", student_taps, teacher_taps)
         self.sp_weight = sp_weight
         self.student_taps, self.teacher_taps = student_taps or ["stage:-1"], teacher_taps or ["stage:-1"]
+
+    taps_description = "last stage (stage:-1)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return ({f"f{i}": s for i, s in enumerate(self.student_taps)}, {f"f{i}": t for i, t in enumerate(self.teacher_taps)})

@@ -24,7 +24,7 @@ def regressor(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(), nn.Conv2d(cout, cout, 1, bias=False), nn.ReLU(), nn.Conv2d(cout, cout, 1, bias=False))
 
 
-@register_method("vid")
+@register_method("vid", family="feature", paper="Ahn et al., Variational Information Distillation for Knowledge Transfer", year=2019)
 class VID(DistillMethod):
     """VID on several stages: ``β · Σ_j −log q(t_j | s_j)`` beside the label loss.
 
@@ -41,6 +41,8 @@ class VID(DistillMethod):
         check_tap_lists("vid", student_taps, teacher_taps)
         self.vid_weight, self.init_variance, self.eps = vid_weight, init_variance, eps
         self.student_taps, self.teacher_taps = student_taps, teacher_taps
+
+    taps_description = "every shared stage (stage:i)"  # the methods table's taps column (default taps)
 
     def taps(self, student, teacher):
         return paired_taps("vid", student, teacher, "stage", "stage", self.student_taps, self.teacher_taps)
