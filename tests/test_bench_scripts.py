@@ -153,7 +153,7 @@ def test_verdicts_script_grids_fill_and_k_on_grid_seeds_then_runs_the_chosen_poi
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench/chosen_on_val.py").write_text("print('method.mask.logits_fill=-inf method.mask.logits=0.7')\n")
     (tmp_path / "runs/c10k/wrn_40_2-s0").mkdir(parents=True)  # teacher B already restored
-    calls = run_script("cifar10_5k_verdicts.sh", tmp_path)
+    calls = run_script("cifar10_5k_verdicts.sh", tmp_path, PARTS="self kd sfkd")
     assert len(calls) == 2 + 2 * 2 and all("--set run.precision=fp32" in c and "--threads 1" in c for c in calls)
     assert "resnet8_ce.yaml" in calls[0] and "resnet8_cskd.yaml" in calls[0] and "--seeds 0-9 " in calls[0]
     assert "resnet8_kd.yaml" in calls[1] and "resnet8_dkd.yaml" in calls[1]
@@ -182,3 +182,15 @@ def test_chosen_on_val_picks_the_best_mean_validation_point_over_the_grid_seeds(
                 "last": {"test/top1": 50.0}}))
     command = [sys.executable, str(BENCH / "chosen_on_val.py"), str(tmp_path), "resnet8_sfkd_kd", "--seeds", "0,1", "--point"]
     assert subprocess.run(command, capture_output=True, text=True, check=True).stdout.split() == ["method.mask.logits_fill=-inf", "method.mask.logits=0.5"]
+
+
+@needs_bash
+def test_verdicts_script_interaction_part_trains_two_more_teachers_then_compares_three_layers(tmp_path):
+    (tmp_path / "runs/c10k/wrn_40_2-s0").mkdir(parents=True)
+    calls = run_script("cifar10_5k_verdicts.sh", tmp_path, PARTS="itensor")
+    assert calls[0].startswith("sweep configs/cifar10_5k/wrn_40_2.yaml --seeds 1,2 ") and "--out runs/c10k" in calls[0]
+    interactions = [c for c in calls if " interaction " in f" {c} "]
+    assert len(interactions) == 6 and all(c.startswith("--threads 1 interaction ") for c in interactions)
+    assert "--group teacher=runs/c10k/wrn_40_2-s0,runs/c10k/wrn_40_2-s1,runs/c10k/wrn_40_2-s2 --layer stage:-1 " in interactions[0]
+    assert "--group ce=runs/c10k-v/resnet8_ce-s0,runs/c10k-v/resnet8_ce-s1" in interactions[1] and "--group cd=runs/c10k-v/resnet8_cd-s0" in interactions[1]
+    assert [c.split("--layer ")[1].split()[0] for c in interactions] == ["stage:-1"] * 2 + ["stage:-2"] * 2 + ["embedding"] * 2
