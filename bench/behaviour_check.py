@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("img_per_s", "seconds", "time", "elapsed")
+TIMING = ("img_per_s", "seconds", "minutes", "time", "elapsed")
 TINY = [
     "epochs=2", "data.spec=shapes?n=160&size=16&n_test=40", "data.val_fraction=0.2", "data.batch_size=32", "data.num_workers=0",
     "student.name=resnet8", "optim.lr=0.05", "optim.schedule=cosine", "run.progress=false", "run.threads=1", "run.device=cpu",
@@ -90,7 +90,8 @@ def main() -> int:
         args.file.write_text(json.dumps(results, indent=1, sort_keys=True))
         print(f"recorded {sum(map(len, results.values()))} numbers of {len(results)} runs in {args.file}")
         return 0
-    before = json.loads(args.file.read_text())
+    timing = lambda key: any(t in part for part in key.split(".") for t in TIMING)  # noqa: E731 (records made before a key was listed)
+    before = {run: {k: v for k, v in numbers.items() if not timing(k)} for run, numbers in json.loads(args.file.read_text()).items()}
     differences = [f"{run}: {key}: {before.get(run, {}).get(key)!r} -> {results.get(run, {}).get(key)!r}"
                    for run in sorted(set(before) | set(results))
                    for key in sorted(set(before.get(run, {})) | set(results.get(run, {})))

@@ -91,7 +91,7 @@ def shown_spec(spec: str) -> str:
 def settings(device: str) -> list[str]:
     """Keys of ``SETTINGS`` to run: fp32, plus bf16 + channels_last where the hardware runs bf16 natively (elsewhere ~10x slower)."""
     from distillscope.engine.precision import native_bf16
-    from distillscope.engine.trainer import pick_device
+    from distillscope.engine.device import pick_device
 
     return list(SETTINGS) if native_bf16(pick_device(device)) else ["fp32"]
 

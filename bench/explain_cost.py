@@ -23,7 +23,7 @@ import common  # noqa: E402
 
 from distillscope.data import load_data  # noqa: E402
 from distillscope.engine.checkpoint import prefixed, save_checkpoint  # noqa: E402
-from distillscope.engine.trainer import pick_device  # noqa: E402
+from distillscope.engine.device import pick_device  # noqa: E402
 from distillscope.explain import ExplainSettings, run_explain  # noqa: E402
 from distillscope.models import create_model  # noqa: E402
 

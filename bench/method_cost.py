@@ -37,7 +37,7 @@ import common  # noqa: E402
 
 from distillscope.config import load_config  # noqa: E402
 from distillscope.engine import Trainer, save_checkpoint  # noqa: E402
-from distillscope.engine.trainer import describe_machine  # noqa: E402
+from distillscope.engine.device import describe_machine  # noqa: E402
 from distillscope.methods import create_method, list_methods  # noqa: E402
 from distillscope.models import create_model  # noqa: E402
 

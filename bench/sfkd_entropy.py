@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> str:
 
     import torch
 
-    from distillscope.engine.trainer import describe_machine, pick_device
+    from distillscope.engine.device import describe_machine, pick_device
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)

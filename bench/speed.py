@@ -49,7 +49,8 @@ from distillscope.config import load_config  # noqa: E402
 from distillscope.engine import save_checkpoint  # noqa: E402
 from distillscope.engine.cache import TeacherCache, precompute  # noqa: E402
 from distillscope.engine.checkpoint import prefixed  # noqa: E402
-from distillscope.engine.trainer import Trainer, describe_machine  # noqa: E402
+from distillscope.engine.device import describe_machine  # noqa: E402
+from distillscope.engine.trainer import Trainer  # noqa: E402
 from distillscope.models import create_model  # noqa: E402
 
 BATCH, T, KD_WEIGHT, CE_WEIGHT = 64, 4.0, 0.9, 0.1

@@ -154,7 +154,7 @@ def test_precomputed_cache_equals_lazy_and_the_teacher_on_each_view(tmp_path, ti
     [(cache, calls)] = build_cache(cfg, batch_size=64)
     assert calls == math.ceil(len(data.train) / 64) * 162 and cache.complete and cache.filled_fraction() == 1.0
     done, rendered = [], []
-    monkeypatch.setattr("distillscope.engine.cache.render_view", lambda *args: rendered.append(args) or render_view(*args))
+    monkeypatch.setattr("distillscope.engine.cache.build.render_view", lambda *args: rendered.append(args) or render_view(*args))
     teacher = load_model(teachers[0], cache.device)[0]
     assert precompute(cache, teacher, data.train, data.mean, data.std, cfg.data.pad, 64, progress=done.append) == 0  # full: no forward
     assert done == sorted(done) and done[-1] == len(data.train) * 162 and len(done) == math.ceil(len(data.train) / 64) * 162

@@ -20,7 +20,8 @@ from distillscope.data import load_data, normalize
 from distillscope.engine import Trainer, load_model
 from distillscope.errors import DistillscopeError
 from distillscope.models import FeatureTaps
-from distillscope.report.html import ReportSettings, section_interaction
+from distillscope.report.html import ReportSettings
+from distillscope.report.sections.interaction import section_interaction
 
 
 def test_pca_projections_are_the_top_covariance_eigenvectors_with_the_extreme_entry_positive():
@@ -287,7 +288,7 @@ def test_group_size_warning_fires_below_three_models_per_group():
 
 def _fake_context(groups, options):
     settings = ReportSettings(out="unused", split="test", progress=False, interaction=options)
-    return SimpleNamespace(settings=settings, groups=groups, data=SimpleNamespace(spec="shapes"), device="cpu",
+    return SimpleNamespace(settings=settings, groups=groups, data=SimpleNamespace(spec="shapes"), device="cpu", model=None,
                            seeds=lambda g: ",".join(map(str, range(len(groups[g])))), basis=lambda n, runs: f"N = {n}; {runs}")
 
 

@@ -105,7 +105,7 @@ def test_sfkd_mask_with_k_1_changes_nothing_and_k_below_1_is_applied(name, teach
     batch = next(trainer.train_loader.epoch(0))
     with torch.no_grad():
         student = Outputs(*trainer.student_taps(batch.images))
-        teacher = trainer._teacher_outputs(batch)
+        teacher = trainer.teacher_side.outputs(batch)
     first = teacher[0] if isinstance(teacher, list) else teacher  # multi-teacher methods: one Outputs per teacher
     keys = ["logits"] + ["features"] * bool(first.features) + ["attention"] * any(f.dim() == 4 for f in first.features.values())
 

@@ -16,7 +16,7 @@ from distillscope.config import load_config
 from distillscope.data import Batch, denormalize, draw_strong, normalize, strong_augment
 from distillscope.data.randaugment import OPS
 from distillscope.engine import Trainer
-from distillscope.engine.trainer import view_generator
+from distillscope.engine.device import view_generator
 from distillscope.errors import DistillscopeError
 from distillscope.methods import Outputs, create_method
 

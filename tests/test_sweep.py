@@ -463,8 +463,8 @@ def test_imports_are_passed_on_to_every_run(tmp_path):
 
 
 def test_gpus_go_to_the_least_busy_one_and_runs_see_only_theirs(tmp_path, monkeypatch):
-    from distillscope import sweep
-    from distillscope.sweep import SweepRun, _Scheduler, parse_gpus
+    from distillscope.sweep import SweepRun, parse_gpus, processes
+    from distillscope.sweep.scheduler import Scheduler
 
     started = []
 
@@ -475,9 +475,9 @@ def test_gpus_go_to_the_least_busy_one_and_runs_see_only_theirs(tmp_path, monkey
         def poll(self):
             return None
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(processes.subprocess, "Popen", FakeProcess)
     runs = [SweepRun(f"r-s{i}", Path("c.yaml"), i, {}, [], {}, [], tmp_path / f"r-s{i}") for i in range(5)]
-    scheduler = _Scheduler(runs, tmp_path, workers=3, threads=1, pass_fds=(), echo=lambda text: None, gpus=parse_gpus("0,1"))
+    scheduler = Scheduler(runs, tmp_path, workers=3, threads=1, pass_fds=(), echo=lambda text: None, gpus=parse_gpus("0,1"))
     scheduler.logs.mkdir()
     scheduler._start_ready()
     assert started == ["0", "1", "0"]  # three workers on two GPUs: GPU 0 runs two

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import plotting
 from .analysis.cam import CAM_METHODS, class_logit
 from .analysis.embeddings import label_embeddings
 from .analysis.localisation import localisation_scores
@@ -36,7 +37,7 @@ from .data.augment import normalize
 from .data.base import ArrayDataset
 from .data.loader import Loader
 from .engine import load_model
-from .engine.trainer import pick_device
+from .engine.device import pick_device
 from .errors import DistillscopeError
 
 
@@ -202,33 +203,34 @@ def _with_mean(per_layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _save_grids(out: Path, raw: torch.Tensor, targets: torch.Tensor, classes: list[str], all_maps: dict, count: int) -> None:
-    import matplotlib
+    """``grid.png`` (the mean over layers, or the one layer) and ``grid_<layer>.png`` per layer of several."""
+    layers = next(iter(all_maps.values()))
+    for layer in layers:
+        name = "grid.png" if layer == "mean" or len(layers) == 1 else f"grid_{layer.replace(':', '').replace('/', '_')}.png"
+        plotting.save(_grid(raw, targets, classes, all_maps, layer, count), out / name)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _grid(raw: torch.Tensor, targets: torch.Tensor, classes: list[str], all_maps: dict, layer: str, count: int):
+    """The first ``count`` images, each with every map set's map at ``layer`` over it (one column per map set)."""
     count = min(count, len(raw))
     columns = list(all_maps)
-    for layer in next(iter(all_maps.values())):
-        fig, axes = plt.subplots(count, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.6 * count), squeeze=False)
-        for i in range(count):
-            picture = raw[i].permute(1, 2, 0).cpu().numpy()
-            axes[i, 0].imshow(picture)
-            axes[i, 0].set_ylabel(classes[int(targets[i])], fontsize=7)
-            for j, name in enumerate(columns, start=1):
-                axes[i, j].imshow(picture)
-                axes[i, j].imshow(all_maps[name][layer][i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        for j, title in enumerate(["image", *columns]):
-            axes[0, j].set_title(title.replace("_", "\n"), fontsize=7)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle(f"layer: {layer}", fontsize=8)
-        fig.tight_layout()
-        single = len(all_maps[columns[0]]) == 1
-        name = "grid.png" if layer == "mean" or single else f"grid_{layer.replace(':', '').replace('/', '_')}.png"
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
+    fig, axes = plotting.new_figure(count, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.6 * count), squeeze=False,
+                                    constrained_layout=False)
+    for i in range(count):
+        picture = raw[i].permute(1, 2, 0).cpu().numpy()
+        axes[i, 0].imshow(picture)
+        axes[i, 0].set_ylabel(classes[int(targets[i])], fontsize=7)
+        for j, name in enumerate(columns, start=1):
+            axes[i, j].imshow(picture)
+            axes[i, j].imshow(all_maps[name][layer][i].numpy(), cmap=plotting.HEAT, alpha=0.5, vmin=0, vmax=1)
+    for j, title in enumerate(["image", *columns]):
+        axes[0, j].set_title(title.replace("_", "\n"), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"layer: {layer}", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _summary(record: dict, score_rows: list[dict], loc_rows: list[dict]) -> str:

@@ -9,17 +9,20 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to factories; unknown names raise one line listing the valid choices."""
+    """Maps names to factories; unknown names raise one line listing the valid choices. Keywords given to
+    ``register`` (e.g. a title) are kept in ``info[name]``."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
+        self.info: dict[str, dict] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, **info) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._items[name] = factory
+            self.info[name] = info
             return factory
 
         return decorator

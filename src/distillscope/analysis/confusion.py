@@ -71,18 +71,15 @@ def compare_confusion(teacher_m: np.ndarray, model_q: np.ndarray) -> dict:
     }
 
 
-def confusion_figures(teacher_m: np.ndarray, model_q: np.ndarray, stats: dict, out_dir: Path, class_names: list[str] | None = None) -> list[Path]:
-    """Heatmaps of M̂ and Q̂ (diagonal masked) side by side, and both spectra, as PNGs in ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def confusion_heatmaps(teacher_m: np.ndarray, model_q: np.ndarray, stats: dict, class_names: list[str] | None = None):
+    """The figure of M̂ and Q̂ side by side (diagonal masked), the statistics in its title."""
+    from .. import plotting
 
     k = len(teacher_m)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+    fig, axes = plotting.new_figure(1, 2, figsize=(11, 5))
     for ax, matrix, title in zip(axes, (teacher_m, model_q), ("teacher class-mean softmax M (off-diagonal, rows renormalised)", "model confusion Q (off-diagonal, rows renormalised)")):
         shown = np.ma.masked_where(np.eye(k, dtype=bool), off_diagonal(matrix)[0])
-        image = ax.imshow(shown, cmap="viridis")
+        image = ax.imshow(shown, cmap=plotting.SEQUENTIAL)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
@@ -91,20 +88,20 @@ def confusion_figures(teacher_m: np.ndarray, model_q: np.ndarray, stats: dict, o
             ax.set_yticks(range(k), class_names, fontsize=7)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(f"cosine {stats['cosine']:.3f}  Pearson {stats['pearson']:.3f}  soft Jaccard {stats['jaccard']:.3f}")
-    heatmaps = out_dir / FIGURES[0]
-    fig.savefig(heatmaps, dpi=120)
-    plt.close(fig)
+    return fig
 
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+
+def confusion_spectra(stats: dict):
+    """The figure of both eigen-spectra of :func:`compare_confusion`."""
+    from .. import plotting
+
+    fig, ax = plotting.new_figure(figsize=(6, 4))
     ax.plot(stats["spectrum_teacher"], marker="o", label="teacher M")
     ax.plot(stats["spectrum_model"], marker="s", label="model Q")
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue of (A + Aᵀ)/2, off-diagonal")
     ax.legend()
-    spectra = out_dir / FIGURES[1]
-    fig.savefig(spectra, dpi=120)
-    plt.close(fig)
-    return [heatmaps, spectra]
+    return fig
 
 
 def confusion_analysis(teacher: str | Path, model: str | Path, data_spec: str, split: str = "test", out_dir: str | Path | None = None, device: str = "cpu", batch_size: int = 512) -> dict:
@@ -134,8 +131,10 @@ def confusion_analysis(teacher: str | Path, model: str | Path, data_spec: str, s
     stats["teacher_top1"] = float((logits["teacher"].argmax(1) == targets).double().mean() * 100)
     stats["model_top1"] = float((logits["model"].argmax(1) == targets).double().mean() * 100)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        figures = confusion_figures(teacher_m, model_q, stats, out, data.classes)
+        from .. import plotting
+
+        drawn = {FIGURES[0]: confusion_heatmaps(teacher_m, model_q, stats, data.classes), FIGURES[1]: confusion_spectra(stats)}
+        figures = plotting.save_all(drawn, out)
         (out / "confusion.json").write_text(json.dumps({**stats, "M": teacher_m.tolist(), "Q": model_q.tolist()}, indent=2))
         stats["files"] = [str(out / "confusion.json"), *map(str, figures)]
     return stats

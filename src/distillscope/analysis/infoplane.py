@@ -197,39 +197,37 @@ class InfoPlaneResult:
         return json.dumps(self.to_dict(), indent=1)
 
     def figures(self, out_dir: str | Path) -> list[Path]:
-        """The information plane: one panel per layer, a line per run, points coloured by epoch."""
-        import matplotlib
+        """``infoplane.png`` in ``out_dir`` (an existing file is never overwritten)."""
+        from .. import plotting
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        return plotting.save_all({FIGURE: infoplane_figure(self)}, out_dir)
 
-        out = Path(out_dir)
-        path = out / FIGURE
-        if path.exists():
-            raise DistillscopeError(f"'{path}' already exists; choose another output folder")
-        out.mkdir(parents=True, exist_ok=True)
-        layers = list(dict.fromkeys(p["layer"] for p in self.points))
-        runs = list(dict.fromkeys(p["run"] for p in self.points))
-        names = [Path(run).name for run in runs]
-        labels = names if len(set(names)) == len(names) else runs
-        epochs = [p["epoch"] for p in self.points]
-        norm = matplotlib.colors.Normalize(min(epochs), max(epochs))
-        fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers) + 1, 4.5), squeeze=False, constrained_layout=True)
-        markers = "osD^v<>ph*"
-        for ax, layer in zip(axes[0], layers):
-            for i, run in enumerate(runs):
-                trail = self.trajectory(run, layer)
-                x, y, e = ([p[key] for p in trail] for key in ("ixf", "iyf", "epoch"))
-                ax.plot(x, y, color="0.6", linewidth=1, zorder=1)
-                scatter = ax.scatter(x, y, c=e, cmap="viridis", norm=norm, marker=markers[i % len(markers)], edgecolors="k", linewidths=0.4, zorder=2, label=labels[i])
-            ax.set_title(f"layer {layer}")
-            ax.set_xlabel("I(X;F) estimate (nats / image)")
-            ax.set_ylabel("I(Y;F) estimate (nats)")
-            ax.legend(fontsize=8)
-        fig.colorbar(scatter, ax=axes[0].tolist(), label="epoch")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+
+def infoplane_figure(result: InfoPlaneResult):
+    """The information plane: one panel per layer, a line per run, points coloured by epoch."""
+    from .. import plotting
+
+    points = result.points
+    layers = list(dict.fromkeys(p["layer"] for p in points))
+    runs = list(dict.fromkeys(p["run"] for p in points))
+    names = [Path(run).name for run in runs]
+    labels = names if len(set(names)) == len(names) else runs
+    epochs = [p["epoch"] for p in points]
+    fig, axes = plotting.new_figure(1, len(layers), figsize=(5.5 * len(layers) + 1, 4.5), squeeze=False)
+    markers = "osD^v<>ph*"
+    for ax, layer in zip(axes[0], layers):
+        for i, run in enumerate(runs):
+            trail = result.trajectory(run, layer)
+            x, y, e = ([p[key] for p in trail] for key in ("ixf", "iyf", "epoch"))
+            ax.plot(x, y, color="0.6", linewidth=1, zorder=1)
+            scatter = ax.scatter(x, y, c=e, cmap=plotting.SEQUENTIAL, vmin=min(epochs), vmax=max(epochs), marker=markers[i % len(markers)],
+                                 edgecolors="k", linewidths=0.4, zorder=2, label=labels[i])
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("I(X;F) estimate (nats / image)")
+        ax.set_ylabel("I(Y;F) estimate (nats)")
+        ax.legend(fontsize=8)
+    fig.colorbar(scatter, ax=axes[0].tolist(), label="epoch")
+    return fig
 
 
 def layer_features(model: nn.Module, layer: str, images: torch.Tensor, mean, std, device, batch_size: int = 256) -> torch.Tensor:
@@ -238,17 +236,17 @@ def layer_features(model: nn.Module, layer: str, images: torch.Tensor, mean, std
 
 
 def information_plane(runs: list[str | Path], data_spec: str, layers: list[str] = ("embedding",), n_fit: int = 2000, n_eval: int = 1000,
-                      settings: ProbeSettings = ProbeSettings(), progress: bool = True, epochs: list[int] | None = None) -> InfoPlaneResult:
+                      settings: ProbeSettings = ProbeSettings(), progress: bool = True, epochs: list[int] | None = None, data=None) -> InfoPlaneResult:
     """Estimate (Î(X;F), Î(Y;F)) for every run's ``epoch_{e}.safetensors`` (only ``epochs`` if given) and every
     layer: heads fit on the first ``n_fit`` training images and scored on the first ``n_eval`` test images (no
-    augmentation)."""
+    augmentation). A caller holding it passes ``data`` (``data_spec`` loaded)."""
     from ..data import load_data
     from ..engine import load_model
 
     if not runs:
         raise DistillscopeError("give at least one run folder")
     work = [(run, epoch, path) for run in runs for epoch, path in epoch_checkpoints(run, epochs)]
-    data = load_data(data_spec)
+    data = load_data(data_spec) if data is None else data
     fit_images, fit_labels = images_and_labels(data.train, n_fit)
     eval_images, eval_labels = images_and_labels(data.test, n_eval)
     device = torch.device(settings.device)

@@ -278,9 +278,10 @@ class InteractionResult:
         return json.dumps(self.to_dict(), indent=1)
 
     def figures(self, out_dir: str | Path) -> list[Path]:
-        """Feature-frequency curves, features-per-point histograms, shared-feature bars and confidence vs
-        feature count, as PNGs in ``out_dir`` (existing files are never overwritten)."""
-        return interaction_figures(self, Path(out_dir))
+        """:func:`interaction_figures` as PNGs in ``out_dir`` (existing files are never overwritten)."""
+        from .. import plotting
+
+        return plotting.save_all(interaction_figures(self), out_dir)
 
 
 def _binned_confidence(per_point: np.ndarray, confidence: np.ndarray, bins: int = 8) -> list[dict]:
@@ -383,10 +384,13 @@ def interaction_from_runs(
     device: str = "cpu",
     batch_size: int = 256,
     progress: bool = True,
+    data=None,
+    load=None,
 ) -> InteractionResult:
     """Load every run (run folder -> best checkpoint, or a .safetensors file), tap ``layer`` on the first ``n``
     images of ``split`` (no augmentation; feature maps are flattened to C·H·W, as paper 000 does with the last
-    stage, the default ``stage:-1``; ``embedding`` is the same map average-pooled), and build the tensor."""
+    stage, the default ``stage:-1``; ``embedding`` is the same map average-pooled), and build the tensor.
+    A caller holding them passes ``data`` (``data_spec`` loaded) and ``load`` (run -> ``(model, state)`` on ``device``)."""
     from ..data import load_data
     from ..engine import load_model
 
@@ -394,14 +398,14 @@ def interaction_from_runs(
         raise DistillscopeError("give at least one group with at least one run, e.g. --group kd=runs/kd-s0,runs/kd-s1")
     if split not in ("train", "test"):
         raise DistillscopeError(f"split '{split}' is not one of train, test")
-    data = load_data(data_spec)
+    data = load_data(data_spec) if data is None else data
     images, labels = images_and_labels(data.train if split == "train" else data.test, n)
     if len(images) <= components:
         raise DistillscopeError(f"{len(images)} images for {components} components; use more images (--n) or fewer components")
     projections, confidence, correct, labels_out, rows, dims = [], [], [], [], {}, []
     runs = [(name, run) for name, members in groups.items() for run in members]
     for name, run in tqdm(runs, desc="models", disable=not progress):
-        model, state = load_model(run, device)
+        model, state = load_model(run, device) if load is None else load(run)
         if state["num_classes"] != data.num_classes:
             raise DistillscopeError(f"run '{run}' has {state['num_classes']} classes but '{data_spec}' has {data.num_classes}")
         feats, logits = zip(*layer_outputs(model, layer, images, state["mean"], state["std"], device, batch_size))
@@ -422,20 +426,14 @@ def interaction_from_runs(
 
 
 # ----------------------------------------------------------------------------- figures
-def interaction_figures(result: InteractionResult, out_dir: Path) -> list[Path]:
-    import matplotlib
+def interaction_figures(result: InteractionResult) -> dict:
+    """``{file name: figure}``: feature-frequency curves, features-per-point histograms, shared-feature bars and
+    confidence vs feature count."""
+    from .. import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = [out_dir / name for name in FIGURES]
-    existing = [p for p in paths if p.exists()]
-    if existing:
-        raise DistillscopeError(f"'{existing[0]}' already exists; choose another output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     groups, shared = result.stats["groups"], result.stats["shared"]
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    drawn = []
+    fig, axes = plotting.new_figure(1, 2, figsize=(11, 4))
     for name, entry in groups.items():
         axes[0].plot(entry["frequency_sorted"], label=f"{name} ({entry['features']} features, mean {entry['mean_frequency']:.0f})")
         axes[1].plot(shared["frequency_sorted_of_shared"][name], label=name)
@@ -447,10 +445,9 @@ def interaction_figures(result: InteractionResult, out_dir: Path) -> list[Path]:
         ax.set_xlabel("feature (ascending frequency)")
         ax.set_ylabel("data points where present")
         ax.legend(fontsize=8)
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    drawn.append(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, ax = plotting.new_figure(figsize=(6, 4))
     top = max(max(e["features_per_point"]) for e in groups.values())
     bins = np.arange(0, top + 2) - 0.5 if top < 60 else 40
     for name, entry in groups.items():
@@ -458,19 +455,17 @@ def interaction_figures(result: InteractionResult, out_dir: Path) -> list[Path]:
     ax.set_xlabel("features present at a data point")
     ax.set_ylabel("data points")
     ax.legend(fontsize=8)
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    drawn.append(fig)
 
     regions = shared["regions"]
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(regions) + 2), 4), constrained_layout=True)
+    fig, ax = plotting.new_figure(figsize=(max(5, 0.7 * len(regions) + 2), 4))
     ax.bar(range(len(regions)), list(regions.values()), color="tab:blue")
     ax.set_xticks(range(len(regions)), list(regions), rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("features learned by exactly these groups")
     ax.set_title(f"shared features ({result.num_features} in all)")
-    fig.savefig(paths[2], dpi=120)
-    plt.close(fig)
+    drawn.append(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, ax = plotting.new_figure(figsize=(6, 4))
     for name, entry in groups.items():
         binned = entry.get("confidence_vs_features", {}).get("by_feature_count", [])
         if binned:
@@ -479,6 +474,5 @@ def interaction_figures(result: InteractionResult, out_dir: Path) -> list[Path]:
     ax.set_xlabel("features present at a data point")
     ax.set_ylabel("mean confidence (max softmax)")
     ax.legend(fontsize=8)
-    fig.savefig(paths[3], dpi=120)
-    plt.close(fig)
-    return paths
+    drawn.append(fig)
+    return dict(zip(FIGURES, drawn))

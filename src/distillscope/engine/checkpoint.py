@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..config import RUN_ONLY_KEYS, Config, from_dict
 from ..errors import DistillscopeError, UnknownNameError
 
 META_KEY = "distillscope"
@@ -276,3 +278,83 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     model = model.to(device)
     fit_weights(model, unprefixed("model", tensors), str(file))
     return model, state
+
+
+# ----------------------------------------------------------------- a run's checkpoints
+def resumable(out: Path, resume: bool, is_main: bool = True) -> bool:
+    """Whether run folder ``out`` holds a checkpoint to resume; refuses to start over an existing run (rank 0 checks)."""
+    saved, config = out / "last.safetensors", out / "config.yaml"
+    if not is_main:  # rank 0 checks (and creates the folder); the others only read it
+        return resume and saved.is_file()
+    if resume and not saved.is_file() and not config.is_file():
+        raise DistillscopeError(f"cannot resume: '{saved}' does not exist; start the run without --resume")
+    if not resume and (saved.exists() or config.exists()):
+        raise DistillscopeError(f"run folder '{out}' already holds a run; pass --resume to continue it or choose another --out")
+    return resume and saved.is_file()
+
+
+def start_run_folder(out: Path, config: dict) -> None:
+    """Create run folder ``out`` and record the run's ``config`` (``config.yaml``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def model_meta(model: str, precision: str, data, data_spec: str, deploy: dict | None = None) -> dict[str, Any]:
+    """What a saved model carries besides its weights: architecture, precision, classes, normalisation and data;
+    ``deploy``: the feature shapes :func:`load_model` rebuilds a method's deployable model from."""
+    meta = {"model": model, "precision": precision, "num_classes": data.num_classes, "classes": data.classes, "mean": list(data.mean), "std": list(data.std), "data": data_spec}
+    if deploy is not None:
+        meta["deploy"] = deploy
+    return meta
+
+
+def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any], row: dict, config: dict) -> None:
+    """A model alone (``best.safetensors``, ``epoch_{e}.safetensors``), with its metrics ``row`` and the run's config."""
+    save_checkpoint(path, prefixed("model", model.state_dict()), {**meta, "metrics": row, "config": config})
+
+
+def save_last(out: Path, model: torch.nn.Module, method: torch.nn.Module, teacher: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler, device: torch.device, state: dict[str, Any]) -> None:
+    """``out/last.safetensors``: the model, the method, a trained ``teacher``, the optimiser's tensors and the RNG
+    states; in its header ``state`` with the optimiser's hyper-parameters and scalars and the scaler's state."""
+    groups = [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+    tensors = {**prefixed("model", model.state_dict()), **prefixed("method", method.state_dict()), "rng.torch": torch.get_rng_state()}
+    if teacher is not None:
+        tensors.update(prefixed("teacher", teacher.state_dict()))
+    optim_tensors, scalars = optimizer_tensors(optimizer)
+    tensors.update(optim_tensors)
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    save_checkpoint(out / "last.safetensors", tensors, {**state, "optim_groups": groups, "optim_scalars": scalars, "scaler": scaler.state_dict()})
+
+
+def _training_config(cfg: dict) -> dict:
+    return {**cfg, "run": {k: v for k, v in cfg["run"].items() if k not in RUN_ONLY_KEYS}}
+
+
+def restore_last(out: Path, config: dict, model: torch.nn.Module, method: torch.nn.Module, teacher: torch.nn.Module | None,
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device) -> dict[str, Any]:
+    """Load what :func:`save_last` wrote into the run's objects and the RNG states; returns the saved state.
+    Refuses a run whose config differs from ``config`` (a ``Config.to_dict()``) beyond the run-only keys."""
+    tensors, state = load_checkpoint(out / "last.safetensors", device)
+    saved = from_dict(Config, state["config"]).to_dict()
+    if _training_config(saved) != _training_config(config):
+        diff = [k for k in saved if saved[k] != config[k]]
+        raise DistillscopeError(f"cannot resume '{out}': config differs from the saved run in {', '.join(diff)}; resume with the saved config.yaml")
+    model.load_state_dict(unprefixed("model", tensors))
+    method.load_state_dict(unprefixed("method", tensors))
+    if teacher is not None:
+        teacher.load_state_dict(unprefixed("teacher", tensors))
+    optim_state = optimizer.state_dict()
+    for idx, group in enumerate(state["optim_groups"]):
+        if torch.is_tensor(optim_state["param_groups"][idx]["lr"]):
+            group = {**group, "lr": torch.tensor(group["lr"], device=device)}
+        optim_state["param_groups"][idx].update(group)
+    optim_state["state"] = optimizer_state(tensors, state["optim_scalars"])
+    optimizer.load_state_dict(optim_state)
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(tensors["rng.torch"].cpu())
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), device)
+    return state

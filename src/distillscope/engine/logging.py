@@ -44,3 +44,16 @@ class RunLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def format_row(row: dict, epochs: int, splits, entropy_T: tuple | None, improved: bool) -> str:
+    """The console line of an epoch's metrics ``row``: loss, top-1 per split, the SFKD mask's effect on the
+    teacher's entropy at ``entropy_T = (T, note)`` when recorded, speed, and ``*`` when validation improved."""
+    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['train/loss']:.3f}", f"train {row['train/top1']:.1f}%"]
+    parts += [f"{split} {row[f'{split}/top1']:.2f}%" for split in splits]
+    if "train/teacher_entropy" in row:
+        before, after = row["train/teacher_entropy"], row["train/teacher_entropy_masked"]
+        effect = "raises" if after > before else "lowers" if after < before else "leaves" if after == before else "?"
+        parts.append(f"teacher entropy @T={entropy_T[0]:g}: {before:.2f} → {after:.2f} nats (mask {effect} it)")
+    parts += [f"{row['img_per_s']:.0f} img/s", "*" if improved else ""]
+    return "  ".join(parts).rstrip()

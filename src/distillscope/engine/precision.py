@@ -9,12 +9,14 @@ per machine, torch version, model and batch shape in ``precision.json`` under th
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from .checkpoint import atomic_write
 from ..userdirs import user_cache_dir
@@ -65,3 +67,28 @@ def time_train_step(step: Callable[[], None], device: torch.device, warmup: int 
         if i >= warmup:
             times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]
+
+
+def time_models(student: nn.Module, teachers: list[nn.Module], shape: tuple[int, ...], device: torch.device,
+                memory_format: torch.memory_format, amp_dtype: torch.dtype | None) -> float:
+    """Seconds per forward/backward step of a copy of ``student`` (plus the teachers' forwards) on a random batch of ``shape``."""
+    student = copy.deepcopy(student).train()
+    images = torch.randn(*shape, device=device).to(memory_format=memory_format)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            for teacher in teachers:
+                with torch.no_grad():
+                    teacher(images)
+            loss = student(images).float().logsumexp(1).mean()
+        loss.backward()
+
+    return time_train_step(step, device)
+
+
+def saved_precision(out: Path, requested: str, device: torch.device) -> tuple[str, str]:
+    """The precision the run being resumed in ``out`` started with (``auto`` may measure differently now)."""
+    state = json.loads((out / "last.json").read_text())
+    if "precision" not in state:  # a run saved before precisions were recorded
+        return choose_precision(requested, device)
+    return state["precision"], state.get("precision_reason", "restored")

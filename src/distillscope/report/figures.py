@@ -1,44 +1,17 @@
-"""Matplotlib figures of the report, each returned as PNG bytes (Agg backend, no display needed)."""
+"""Matplotlib figures of the report, each returned as PNG bytes (set-up, DPI and colours: :mod:`distillscope.plotting`)."""
 from __future__ import annotations
-
-import io
 
 import numpy as np
 
-DPI = 100
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png(fig) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def colour(i: int) -> str:
-    return COLOURS[i % len(COLOURS)]
+from .. import plotting
+from ..plotting import colour
 
 
 def training_curves(histories: dict[str, list[tuple[str, list[dict]]]]) -> bytes:
     """Train loss, val top-1 and test top-1 per epoch, one line per run coloured by group;
     ``histories`` maps group -> [(run label, metric rows)]."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     panels = (("train/loss", "train loss (weighted sum of the method's terms)"), ("val/top1", "val top-1 (%)"), ("test/top1", "test top-1 (%)"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), constrained_layout=True)
+    fig, axes = plotting.new_figure(1, 3, figsize=(12, 3.5))
     for ax, (key, title) in zip(axes, panels):
         for g, (group, runs) in enumerate(histories.items()):
             for r, (label, rows) in enumerate(runs):
@@ -47,19 +20,18 @@ def training_curves(histories: dict[str, list[tuple[str, list[dict]]]]) -> bytes
                     ax.plot([row["epoch"] for row in rows], values, color=colour(g), alpha=0.85, linewidth=1.4, label=group if r == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        plotting.integer_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="#888")
     axes[0].legend(fontsize=8)
-    return png(fig)
+    return plotting.png_bytes(fig)
 
 
 def reliability_diagram(tables: dict[str, dict]) -> bytes:
     """Accuracy vs confidence per bin, one panel per model group; ``tables`` maps name -> reliability table."""
-    plt = _pyplot()
     count = len(tables)
-    fig, axes = plt.subplots(1, count, figsize=(3.2 * count + 0.4, 3.4), constrained_layout=True, squeeze=False)
+    fig, axes = plotting.new_figure(1, count, figsize=(3.2 * count + 0.4, 3.4), squeeze=False)
     for i, (ax, (name, table)) in enumerate(zip(axes[0], tables.items())):
         edges = np.asarray(table["edges"])
         accuracy = np.nan_to_num(np.asarray(table["accuracy"], dtype=float))
@@ -74,20 +46,19 @@ def reliability_diagram(tables: dict[str, dict]) -> bytes:
         if i == 0:
             ax.set_ylabel("accuracy")
             ax.legend(fontsize=7, loc="upper left")
-    return png(fig)
+    return plotting.png_bytes(fig)
 
 
 def heatmaps(matrices: list[np.ndarray], titles: list[str], row_labels: list[list[str]] | None = None, col_labels: list[list[str]] | None = None,
-             xlabel: str = "", ylabel: str = "", vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", annotate: bool = False,
+             xlabel: str = "", ylabel: str = "", vmin: float | None = None, vmax: float | None = None, cmap: str = plotting.SEQUENTIAL, annotate: bool = False,
              mask_diagonal: bool = False) -> bytes:
     """Side-by-side heatmaps with a colour bar each; small matrices can carry their values; a masked diagonal is grey."""
-    plt = _pyplot()
     count = len(matrices)
     side = 3.6 if max(m.shape[0] for m in matrices) <= 12 else 4.6
-    fig, axes = plt.subplots(1, count, figsize=(side * count + 0.6, side), constrained_layout=True, squeeze=False)
+    fig, axes = plotting.new_figure(1, count, figsize=(side * count + 0.6, side), squeeze=False)
     for i, (ax, matrix, title) in enumerate(zip(axes[0], matrices, titles)):
         shown = np.ma.masked_where(np.eye(*matrix.shape, dtype=bool), matrix) if mask_diagonal else matrix
-        palette = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
+        palette = plotting.colour_map(cmap, bad="#d9d9d9")
         image = ax.imshow(shown, cmap=palette, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set(xlabel=xlabel, ylabel=ylabel if i == 0 else "")
@@ -99,14 +70,13 @@ def heatmaps(matrices: list[np.ndarray], titles: list[str], row_labels: list[lis
                 if np.isfinite(value):
                     ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < np.nanmean(matrix) else "black")
         fig.colorbar(image, ax=ax, shrink=0.8)
-    return png(fig)
+    return plotting.png_bytes(fig)
 
 
 def tsne_panels(points: dict[str, np.ndarray], labels: np.ndarray, classes: list[str]) -> bytes:
     """One scatter per model of its 2-D t-SNE embedding, coloured by true class."""
-    plt = _pyplot()
     count = len(points)
-    fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.9), constrained_layout=True, squeeze=False)
+    fig, axes = plotting.new_figure(1, count, figsize=(3.6 * count, 3.9), squeeze=False)
     shown = sorted(set(labels.tolist()))
     size = float(np.clip(4000 / max(len(labels), 1), 4, 30))
     for ax, (name, xy) in zip(axes[0], points.items()):
@@ -118,15 +88,14 @@ def tsne_panels(points: dict[str, np.ndarray], labels: np.ndarray, classes: list
         ax.set_yticks([])
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(shown), 10), fontsize=7, markerscale=2, frameon=False)
-    return png(fig)
+    return plotting.png_bytes(fig)
 
 
 def class_bars(values: dict[str, np.ndarray], classes: list[str], ylabel: str) -> bytes:
     """Grouped bars per class (e.g. per-class accuracy gain of each model group over the base)."""
-    plt = _pyplot()
     count = len(values)
     width = 0.8 / max(count, 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(classes) * max(count, 1) + 1.5), 3.4), constrained_layout=True)
+    fig, ax = plotting.new_figure(figsize=(max(6.0, 0.45 * len(classes) * max(count, 1) + 1.5), 3.4))
     x = np.arange(len(classes))
     for i, (name, v) in enumerate(values.items()):
         ax.bar(x + (i - (count - 1) / 2) * width, v, width=width, color=colour(i), label=name)
@@ -136,7 +105,7 @@ def class_bars(values: dict[str, np.ndarray], classes: list[str], ylabel: str) -
     ax.set(ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return png(fig)
+    return plotting.png_bytes(fig)
 
 
 def results_chart(rows: list[dict], title: str = "") -> bytes:
@@ -144,10 +113,9 @@ def results_chart(rows: list[dict], title: str = "") -> bytes:
     test top-1 (dots), their mean ± std (bar and whiskers) and the mean test top-1 at the best-validation epoch (◇).
     Rows compared to a baseline (``table_rows(..., baseline=…)``) get a second panel: each row's difference to it
     with its 95% CI, at the last epoch (■) and at the best-validation epoch (◇)."""
-    plt = _pyplot()
     compared = any("vs baseline" in row for row in rows)
-    fig, axes = plt.subplots(1, 1 + compared, figsize=(8.5 + 4.5 * compared, 0.42 * len(rows) + 1.6), sharey=True, squeeze=False,
-                             constrained_layout=True, gridspec_kw={"width_ratios": [3, 2][: 1 + compared]})
+    fig, axes = plotting.new_figure(1, 1 + compared, figsize=(8.5 + 4.5 * compared, 0.42 * len(rows) + 1.6), sharey=True, squeeze=False,
+                                     gridspec_kw={"width_ratios": [3, 2][: 1 + compared]})
     ax = axes[0, 0]
     labels = []
     for y, row in enumerate(rows):
@@ -165,7 +133,7 @@ def results_chart(rows: list[dict], title: str = "") -> bytes:
     if compared:
         _differences_panel(axes[0, 1], rows)
     fig.legend(loc="outside lower center", fontsize=8, ncol=3 + 2 * compared, frameon=False)
-    return png(fig)
+    return plotting.png_bytes(fig)
 
 
 def _differences_panel(ax, rows: list[dict]) -> None:

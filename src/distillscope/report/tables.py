@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from ..engine.trainer import RUN_ONLY_KEYS
+from ..config import RUN_ONLY_KEYS
 from ..errors import DistillscopeError
 from .stats import Difference, paired, welch
 
