@@ -7,8 +7,10 @@ Nothing here unpickles: loading never executes code.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +130,44 @@ TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 
 
+# Globals a torch.load(weights_only=True) may rebuild besides tensors and containers: RepDistiller/mdistiller save their
+# final checkpoint as {'opt': argparse.Namespace, 'model': state_dict, ...}; a Namespace holds only plain values.
+SAFE_GLOBALS = [argparse.Namespace]
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def load_torch_file(file: str | Path, device: str | torch.device = "cpu") -> Any:
+    """``torch.load(file, weights_only=True)`` allowing :data:`SAFE_GLOBALS` only: no pickled code runs.
+
+    A file that needs any other Python global fails with one line naming it."""
+    try:
+        if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                return torch.load(file, map_location=device, weights_only=True)
+        return torch.load(file, map_location=device, weights_only=True)
+    except Exception as err:  # pickle refusals and damaged archives alike
+        needed = _GLOBAL.search(str(err))
+        if needed:
+            reason = (f"it needs the Python global '{needed.group(1)}', which is not loaded because unpickling it could run code "
+                      "(only tensors, containers, numbers, strings and argparse.Namespace are)")
+        else:
+            reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        raise DistillscopeError(
+            f"checkpoint '{file}' cannot be read with torch.load(weights_only=True) ({reason}); "
+            "save model.state_dict() (not the model object) or convert it to safetensors"
+        ) from None
+
+
 def read_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, Path]:
     """A model's state_dict from a run folder, a ``.safetensors`` or a ``.pth``/``.pt`` file.
 
     Returns ``(state_dict, state, file)``: ``state`` is the JSON state of a distillscope checkpoint
     (model name, classes, ...) and ``None`` for other files. ``.pth`` files are read with
-    ``torch.load(weights_only=True)`` (no code runs); a dict nesting the weights under ``state_dict``,
-    ``model`` or ``model_state_dict`` is unwrapped, and a ``module.`` prefix (DataParallel) is dropped.
+    :func:`load_torch_file` (``torch.load(weights_only=True)``: no code runs); a dict nesting the weights under
+    ``state_dict``, ``model`` or ``model_state_dict`` is unwrapped (RepDistiller/mdistiller's
+    ``{'epoch', 'model', 'accuracy', 'optimizer'}`` and ``{'opt': Namespace, 'model', ...}`` among them), and a
+    ``module.`` prefix (DataParallel) is dropped. Other code bases' parameter names are translated by
+    :func:`fit_weights` (``models/convert.py``).
     """
     file = find_model_checkpoint(path)
     if file.suffix == ".safetensors":
@@ -144,14 +177,7 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         return _strip_module(tensors), None, file
     if file.suffix not in TORCH_SUFFIXES:
         raise DistillscopeError(f"checkpoint '{file}': unknown format '{file.suffix}'; give a run folder, a .safetensors or a .pth/.pt state_dict")
-    try:
-        obj = torch.load(file, map_location=device, weights_only=True)
-    except Exception as err:  # pickle refusals and damaged archives alike
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise DistillscopeError(
-            f"checkpoint '{file}' cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {reason}); "
-            "save model.state_dict() (not the model object) or convert it to safetensors"
-        ) from None
+    obj = load_torch_file(file, device)
     for key in NESTED_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -191,15 +217,27 @@ def _extra_prefix(missing: list[str], unexpected: list[str]) -> str | None:
     return None
 
 
-def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str, skip_keys: tuple[str, ...] | list[str] = ()) -> None:
+def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str, skip_keys: tuple[str, ...] | list[str] = ()) -> str:
     """Load ``weights`` into ``model`` strictly, except keys under a ``skip_keys`` prefix (left as they are).
 
+    Weights named as another code base names the same architecture (RepDistiller/mdistiller's CIFAR zoo,
+    torchvision's ImageNet ResNets; ``models/convert.py``) are renamed to the model's names first, then checked
+    as strictly as any (a mismatch is reported in the model's names, saying which layout the file was read in).
     Any missing, unexpected or differently shaped key fails with one error listing the first few of each
-    and their counts; a classifier trained for another number of classes is named as such.
+    and their counts; a classifier trained for another number of classes is named as such. Returns the
+    layout the weights were read in (``"its own names"`` or e.g. ``"RepDistiller/mdistiller models/resnet.py"``).
     """
     def skipped(key: str) -> bool:
         return any(key == p or key.startswith(p.rstrip(".") + ".") for p in skip_keys)
 
+    layout, hint = "its own names", None
+    if weights.keys() != model.state_dict().keys():
+        from ..models.convert import foreign_hint, translate
+
+        found = translate(model, weights)
+        if found is not None:
+            weights, layout = found
+        hint = foreign_hint(model, weights)
     own = {k: v for k, v in model.state_dict().items() if not skipped(k)}
     weights = {k: v for k, v in weights.items() if not skipped(k)}
     missing = [k for k in own if k not in weights]
@@ -211,7 +249,8 @@ def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source
             shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped]
             parts.append(_listed(shapes, "with another shape (file vs model)"))
         name = getattr(model, "name", type(model).__name__)
-        text = f"weights '{source}' do not fit model '{name}': " + "; ".join(parts)
+        read_as = "" if layout == "its own names" else f" (read in {layout} names)"
+        text = f"weights '{source}'{read_as} do not fit model '{name}': " + "; ".join(parts)
         head = _classifier(model)
         head_keys = [k for k in reshaped if k.startswith(f"{head}.")]
         if head_keys:
@@ -220,6 +259,8 @@ def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source
                 f". The classifier '{head}' was trained for {out_file} classes and this model has {out_model} "
                 f"(the data's): to fine-tune, load all but the head with skip_keys: [{head}]"
             )
+        elif hint:
+            text += f". {hint[0].upper()}{hint[1:]}"
         elif missing and unexpected:
             prefix = _extra_prefix(missing, unexpected)
             text += (
@@ -228,6 +269,7 @@ def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source
             )
         raise DistillscopeError(text)
     model.load_state_dict(weights, strict=False)
+    return layout
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, skip_keys: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu") -> dict[str, Any] | None:
