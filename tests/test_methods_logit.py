@@ -13,7 +13,7 @@ from distillscope.config import load_config
 from distillscope.data import Batch
 from distillscope.errors import DistillscopeError
 from distillscope.methods import Outputs, TrainingInfo, create_method
-from distillscope.methods.kd import kd_loss, standardize
+from distillscope.methods.kd import kd_loss, standardise
 import json
 
 from distillscope.engine import Trainer
@@ -69,10 +69,10 @@ def test_kd_with_masked_teacher_classes_is_the_kl_over_the_kept_classes_and_has_
     np.testing.assert_allclose(s.grad.numpy(), grad, rtol=1e-4, atol=1e-7)
 
 
-def test_standardize_is_the_per_sample_z_score_with_unbiased_std_and_keeps_minus_inf():
+def test_standardise_is_the_per_sample_z_score_with_unbiased_std_and_keeps_minus_inf():
     s, _ = logits_pair(4, 6)
     s[1, [0, 3]] = float("-inf")
-    out = standardize(s).numpy()
+    out = standardise(s).numpy()
     for i in range(4):
         np.testing.assert_allclose(out[i], zscore(s[i].numpy()), rtol=1e-5, atol=1e-6)
     assert np.isneginf(out[1, [0, 3]]).all()

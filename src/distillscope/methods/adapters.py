@@ -62,6 +62,33 @@ def match_grid(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tens
     return pool_to(student, grid), pool_to(teacher, grid)
 
 
+def hint_regressor(method: str, student_shape, teacher_shape, match: str = "upsample") -> nn.Sequential:
+    """FitNets' hint regressor from a student feature map (N, C, H, W) to a teacher's: a conv to the teacher's channels, then BN.
+
+    ``match="upsample"`` (``fitnet``): a 1×1 conv without bias, after a bilinear resize to the teacher's grid when the
+    grids differ. ``match="conv"`` (RepDistiller's ``ConvReg``, which the AEKD authors use; ``aekd_f``): the conv
+    matches the grid -- 3×3 stride 2 when the student's grid is twice the teacher's, 4×4 stride-2 transposed when
+    it is half, otherwise a valid conv of kernel 1 + (student − teacher size) -- and a ReLU follows the BN.
+    """
+    if len(student_shape) != 4 or len(teacher_shape) != 4:
+        raise DistillscopeError(f"method {method}: the hint taps must be 4-D maps (N, C, H, W), got student {list(student_shape)} and teacher {list(teacher_shape)}; tap a stage")
+    (_, s_c, s_h, s_w), (_, t_c, t_h, t_w) = student_shape, teacher_shape
+    if match == "upsample":
+        layers = [nn.Conv2d(s_c, t_c, 1, bias=False), nn.BatchNorm2d(t_c)]
+        if (s_h, s_w) != (t_h, t_w):
+            layers.insert(0, nn.Upsample(size=(t_h, t_w), mode="bilinear", align_corners=False))
+        return nn.Sequential(*layers)
+    if (s_h, s_w) == (2 * t_h, 2 * t_w):
+        conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
+    elif (2 * s_h, 2 * s_w) == (t_h, t_w):
+        conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1)
+    elif s_h >= t_h and s_w >= t_w:
+        conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
+    else:
+        raise DistillscopeError(f"method {method}: the student map is {s_h}×{s_w} but a teacher's is {t_h}×{t_w}; tap a student stage at least as large (or half as large)")
+    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
+
+
 class Embed(nn.Module):
     """Linear projection of the flattened feature to ``dim`` followed by L2 normalisation (CRD's ``Embed``)."""
 

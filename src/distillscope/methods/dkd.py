@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillMethod
-from .kd import standardize
+from .kd import standardise
 from .registry import register_method
 
 
@@ -64,7 +64,7 @@ class DKD(DistillMethod):
     def distill_losses(self, student, teacher, batch, epoch):
         s, t = student.logits, teacher.logits
         if self.logit_standardization:
-            s, t = standardize(s), standardize(t)
+            s, t = standardise(s), standardise(t)
         tckd, nckd = dkd_losses(s, t, batch.targets, self.T)
         ramp = min((epoch + 1) / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
         return {"tckd": ramp * self.alpha * tckd, "nckd": ramp * self.beta * nckd}

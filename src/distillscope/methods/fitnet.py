@@ -4,16 +4,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from .adapters import hint_regressor
 from .base import DistillMethod
 from .registry import register_method
-
-
-def conv_regressor(in_shape, out_shape) -> nn.Module:
-    """1×1 conv + BN mapping student channels to teacher channels, resizing to the teacher's grid."""
-    layers = [nn.Conv2d(in_shape[1], out_shape[1], 1, bias=False), nn.BatchNorm2d(out_shape[1])]
-    if tuple(in_shape[2:]) != tuple(out_shape[2:]):
-        layers.insert(0, nn.Upsample(size=tuple(out_shape[2:]), mode="bilinear", align_corners=False))
-    return nn.Sequential(*layers)
 
 
 @register_method("fitnet", family="feature", paper="Romero et al., FitNets: Hints for Thin Deep Nets", year=2015)
@@ -36,7 +29,7 @@ class FitNet(DistillMethod):
         return {"hint": self.student_tap}, {"hint": self.teacher_tap}
 
     def build(self, student_shapes, teacher_shapes, info):
-        self.regressor = conv_regressor(student_shapes["hint"], teacher_shapes["hint"])
+        self.regressor = hint_regressor("fitnet", student_shapes["hint"], teacher_shapes["hint"])
 
     def distill_losses(self, student, teacher, batch, epoch):
         guided = self.regressor(student.features["hint"])

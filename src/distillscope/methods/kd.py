@@ -21,7 +21,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
 
 
-def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def standardise(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Logit standardisation (Sun et al., CVPR 2024): (z − mean(z)) / (std(z) + eps) per sample.
 
     std is the unbiased (n − 1) standard deviation, as in the paper's code. Entries of -inf (removed by an
@@ -51,5 +51,5 @@ class KD(DistillMethod):
     def distill_losses(self, student, teacher, batch, epoch):
         s, t = student.logits, teacher.logits
         if self.logit_standardization:
-            s, t = standardize(s), standardize(t)
+            s, t = standardise(s), standardise(t)
         return {"kd": self.kd_weight * kd_loss(s, t, self.T)}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..data import draw_strong, strong_augment
 from ..errors import DistillscopeError
 from .base import DistillMethod
-from .kd import kd_loss, standardize
+from .kd import kd_loss, standardise
 from .registry import register_method
 
 DEFAULT_TEMPERATURES = (2.0, 3.0, 4.0, 5.0, 6.0)
@@ -97,7 +97,7 @@ class MLKD(DistillMethod):
     def levels(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, levels=LEVELS) -> dict[str, torch.Tensor]:
         """``{level: kd_weight · level weight · Σ_T term}`` for the requested levels."""
         s, t = student_logits.float(), teacher_logits.float()
-        s_inst, t_inst = (standardize(s), standardize(t)) if self.logit_standardization else (s, t)
+        s_inst, t_inst = (standardise(s), standardise(t)) if self.logit_standardization else (s, t)
         sums = dict.fromkeys(levels, 0.0)
         for T in self.temperatures:
             if "instance" in sums:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DistillscopeError
+from .adapters import hint_regressor
 from .base import DistillMethod
 from .registry import register_method
 
@@ -128,24 +129,6 @@ class AdaptiveEnsembleKD(DistillMethod):
         return {"kd": self.kd_weight * (alpha * per_teacher).sum(1).mean() * self.T**2}
 
 
-def hint_regressor(student_shape, teacher_shape) -> nn.Module:
-    """FitNets' regressor as RepDistiller's ``ConvReg`` (used by the AEKD authors) builds it: conv from the student's
-    to the teacher's channels -- 3×3 stride 2 when the student's grid is twice the teacher's, 4×4 stride-2
-    transposed when it is half, otherwise a valid conv of kernel 1 + (student − teacher size) -- then BN, ReLU."""
-    if len(student_shape) != 4 or len(teacher_shape) != 4:
-        raise DistillscopeError(f"method aekd_f: the hint taps must be 4-D maps (N, C, H, W), got student {list(student_shape)} and teacher {list(teacher_shape)}; tap a stage")
-    (_, s_c, s_h, s_w), (_, t_c, t_h, t_w) = student_shape, teacher_shape
-    if (s_h, s_w) == (2 * t_h, 2 * t_w):
-        conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
-    elif (2 * s_h, 2 * s_w) == (t_h, t_w):
-        conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1)
-    elif s_h >= t_h and s_w >= t_w:
-        conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
-    else:
-        raise DistillscopeError(f"method aekd_f: the student map is {s_h}×{s_w} but a teacher's is {t_h}×{t_w}; tap a student stage at least as large (or half as large)")
-    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
-
-
 @register_method("aekd_f", family="multi-teacher", paper="Du et al., Agree to Disagree (AEKD, the feature variant of the authors' code)", year=2020)
 class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
     """AEKD-F: ``aekd`` on the logits plus a hint term with AEKD weights in the student's feature space (module docstring).
@@ -167,7 +150,7 @@ class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
         return {"hint": self.student_tap}, {"hint": self.teacher_tap}
 
     def build(self, student_shapes, teacher_shapes, info):
-        self.regressors = nn.ModuleList(hint_regressor(student_shapes["hint"], shapes["hint"]) for shapes in teacher_shapes)
+        self.regressors = nn.ModuleList(hint_regressor("aekd_f", student_shapes["hint"], shapes["hint"], match="conv") for shapes in teacher_shapes)
 
     def feature_weights(self, gradients: torch.Tensor) -> torch.Tensor:
         """α (M,) from the per-teacher gradients ∂H_m/∂f, shape (M, B, ...): batch means, unit-normalised, min-norm β, α_m ∝ β_m/‖ḡ_m‖."""
