@@ -32,7 +32,8 @@ TEACHER = "wrn_16_2"
 def _numbers(tree, prefix=""):
     """Every number (and string) of a JSON tree by dotted path, timings left out."""
     if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() if not any(t in key for t in TIMING) for k, v in _numbers(value, f"{prefix}{key}.").items()}
+        return {k: v for key, value in tree.items() if not any(t in key for t in TIMING)
+                for k, v in _numbers(value, f"{prefix}{key}.").items()}
     if isinstance(tree, list):
         return {k: v for i, value in enumerate(tree) for k, v in _numbers(value, f"{prefix}{i}.").items()}
     if isinstance(tree, str):
@@ -69,7 +70,8 @@ def record(work: Path) -> dict:
     for recipe in sorted((ROOT / "configs/cifar10_5k").glob("resnet8_*.yaml")):
         print(recipe.stem, flush=True)
         results[recipe.stem] = _train(recipe, work / recipe.stem, teacher)
-    results["resnet8_kd (cache off)"] = _train(ROOT / "configs/cifar10_5k/resnet8_kd.yaml", work / "kd_off", teacher, ["run.teacher_cache=off"])
+    results["resnet8_kd (cache off)"] = _train(ROOT / "configs/cifar10_5k/resnet8_kd.yaml", work / "kd_off", teacher,
+                                               ["run.teacher_cache=off"])
     subprocess.run([sys.executable, "-m", "distillscope.cli", "--threads", "1", "explain", "--student", str(work / "resnet8_kd"),
                     "--teacher", str(teacher), "--base", str(work / "resnet8_ce"), "--out", str(work / "report"), "--limit", "40",
                     "--labels", "onehot", "--device", "cpu"], check=True, cwd=ROOT)

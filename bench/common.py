@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared/datasets/cifar10-5k/cifar-10-batches-py"
-SETTINGS = {"fp32": ["run.precision=fp32", "run.channels_last=false"], "bf16+channels_last": ["run.precision=bf16", "run.channels_last=true"]}
+SETTINGS = {"fp32": ["run.precision=fp32", "run.channels_last=false"],
+            "bf16+channels_last": ["run.precision=bf16", "run.channels_last=true"]}
 
 
 def cpu_name() -> str:
@@ -63,7 +64,8 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc.splitlines()[0])
 
 
-def add_run_args(p: argparse.ArgumentParser, section: str, quick: str, threads: str = "torch threads (run.threads); default: torch's") -> None:
+def add_run_args(p: argparse.ArgumentParser, section: str, quick: str,
+                 threads: str = "torch threads (run.threads); default: torch's") -> None:
     """``--device``, ``--threads``, ``--data`` (see ``data_spec``), ``--out`` (see ``add_out_arg``) and ``--quick``
     (help: ``smoke test: <quick>``)."""
     p.add_argument("--device", default="auto")

@@ -87,7 +87,8 @@ def worker(n: int, d: int, rounds: int, dcor_rounds: int, run_dcor: bool, thread
 
 def render(results: list[dict], command: str) -> str:
     r0 = results[0]
-    versions = f"torch {r0['torch']} ({r0['threads']} thread(s) per side), dcor {next((r['dcor_version'] for r in results if r['dcor_version']), 'not run')}"
+    versions = (f"torch {r0['torch']} ({r0['threads']} thread(s) per side), "
+                f"dcor {next((r['dcor_version'] for r in results if r['dcor_version']), 'not run')}")
     lines = [
         "## Distance correlation: analysis.dcor vs the dcor package",
         "",
@@ -108,7 +109,8 @@ def render(results: list[dict], command: str) -> str:
         else:
             dcor_cols = (f"{r['t_dcor']:.3f} | {r['wall_dcor']:.3f} | {r['dcor_mb']:.0f} | {r['t_dcor'] / r['t_ours']:.0f}x | "
                          f"{abs(r['ours'] - r['dcor']):.1e}")
-        lines.append(f"| {r['n']} | {r['d']} | {r['t_ours']:.4f} | {r['wall_ours']:.4f} | {r['t_ours32']:.4f} | {r['ours_mb']:.0f} | {dcor_cols} |")
+        lines.append(f"| {r['n']} | {r['d']} | {r['t_ours']:.4f} | {r['wall_ours']:.4f} | {r['t_ours32']:.4f} | "
+                     f"{r['ours_mb']:.0f} | {dcor_cols} |")
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--dcor-max-gb", type=float, default=10.0, help="skip dcor when its (n, n, d) array would exceed this")
     p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads for both sides")
     common.add_out_arg(p, "dcor_speed")
-    p.add_argument("--worker", nargs=7, type=int, metavar=("N", "D", "ROUNDS", "DCOR_ROUNDS", "RUN_DCOR", "THREADS", "MEMORY_ONLY"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=7, type=int, metavar=("N", "D", "ROUNDS", "DCOR_ROUNDS", "RUN_DCOR", "THREADS", "MEMORY_ONLY"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(*args.worker[:4], bool(args.worker[4]), args.worker[5], bool(args.worker[6]))))
@@ -132,12 +135,15 @@ def main(argv: list[str] | None = None) -> str:
         for d in map(int, args.dims.split(",")):
             limit = min(args.dcor_max_gb, common.meminfo_gib("MemAvailable", float("inf")) / 2)
             run_dcor = n * n * d * 8 / 2**30 <= limit
-            cmd = [sys.executable, __file__, "--worker", str(n), str(d), str(args.rounds), str(args.dcor_rounds), str(int(run_dcor)), str(args.threads)]
+            cmd = [sys.executable, __file__, "--worker", str(n), str(d), str(args.rounds), str(args.dcor_rounds), str(int(run_dcor)),
+                   str(args.threads)]
             env = {**os.environ, **{k: str(args.threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
                    "NUMBA_THREADING_LAYER": "workqueue"}
             timed = subprocess.run([*cmd, "0"], check=True, capture_output=True, text=True, env=env).stdout
-            peaks = subprocess.run([*cmd, "1"], check=True, capture_output=True, text=True, env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"}).stdout
-            results.append({**json.loads(timed.splitlines()[-1]), **{f"{k}_mb": v for k, v in json.loads(peaks.splitlines()[-1]).items()}, "limit_gb": limit})
+            peaks = subprocess.run([*cmd, "1"], check=True, capture_output=True, text=True,
+                                   env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"}).stdout
+            results.append({**json.loads(timed.splitlines()[-1]), **{f"{k}_mb": v for k, v in json.loads(peaks.splitlines()[-1]).items()},
+                            "limit_gb": limit})
             r = results[-1]
             print(f"# n={n} d={d}: ours {r['t_ours']:.4f}s, dcor {r.get('t_dcor')}", file=sys.stderr)
     text = render(results, common.command("dcor_speed.py", argv))

@@ -44,7 +44,8 @@ _settings = common.settings
 
 def _case(model: str, setting: str, spec: str, device: str, steps: int, rounds: int, threads: int | None, tmp: str) -> dict:
     threads_set = [f"run.threads={threads}"] if threads else []
-    cfg = load_config(overrides=[*threads_set, f"student.name={model}", "method={name: ce}", "run.progress=false", f"run.device={device}", f"data.batch_size={BATCH}", *SETTINGS[setting]], data_spec=spec)
+    cfg = load_config(overrides=[*threads_set, f"student.name={model}", "method={name: ce}", "run.progress=false", f"run.device={device}",
+                                 f"data.batch_size={BATCH}", *SETTINGS[setting]], data_spec=spec)
     trainer = Trainer(cfg, Path(tmp) / f"{model}-{setting}")
     steps = min(steps, len(trainer.data.train) // BATCH)
     loader = trainer.train_loader = common.subset_loader(trainer, steps, BATCH)
@@ -77,7 +78,8 @@ def _case(model: str, setting: str, spec: str, device: str, steps: int, rounds: 
     t_ours, t_bare = statistics.median(times["ours"]), statistics.median(times["bare"])
     trainer.logger.close()
     images = steps * BATCH
-    return {"model": model, "precision": setting, "steps": steps, "device": dev, "ours": images / t_ours, "bare": images / t_bare, "ratio": t_ours / t_bare}
+    return {"model": model, "precision": setting, "steps": steps, "device": dev, "ours": images / t_ours, "bare": images / t_bare,
+            "ratio": t_ours / t_bare}
 
 
 def render(results: list[dict], spec: str, command: str) -> str:

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> str:
     data = load_data(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        runs = {role: _checkpoint(folder, role, model, data) for role, model in (("teacher", args.teacher), ("student", args.student), ("base", args.student))}
+        runs = {role: _checkpoint(folder, role, model, data)
+                for role, model in (("teacher", args.teacher), ("student", args.student), ("base", args.student))}
         settings = ExplainSettings(student=str(runs["student"]), teacher=str(runs["teacher"]), base=str(runs["base"]), data=args.data,
                                    out=str(folder / "explain"), layers=args.layers, labels="onehot", batch_size=args.batch_size,
                                    limit=args.limit, device=args.device, progress=False)
@@ -78,11 +79,13 @@ def main(argv: list[str] | None = None) -> str:
         f"{common.now()}",
         f"- command: `{command}`",
         f"- teacher {args.teacher}, student and base {args.student}; layers {' '.join(args.layers)}; batch {args.batch_size}; "
-        f"{result['settings']['images']} test images of `{args.data}`; scores on clean and ROAD-LeRF (fraction 0.5) inputs vs teacher and base",
+        f"{result['settings']['images']} test images of `{args.data}`; "
+        "scores on clean and ROAD-LeRF (fraction 0.5) inputs vs teacher and base",
         "",
         "| images | wall time | CPU time (all threads) | wall per image | peak RSS (process) | peak RSS before explain |",
         "|---:|---:|---:|---:|---:|---:|",
-        f"| {result['settings']['images']} | {seconds:.1f} s | {cpu_seconds:.1f} s | {1000 * seconds / result['settings']['images']:.0f} ms "
+        f"| {result['settings']['images']} | {seconds:.1f} s | {cpu_seconds:.1f} s | "
+        f"{1000 * seconds / result['settings']['images']:.0f} ms "
         f"| {_peak_rss_mib():.0f} MiB | {rss_before:.0f} MiB |",
         "",
         f"Peak RSS includes torch and the data (the 'before' column){gpu}. On a shared machine the wall time is inflated; "

@@ -99,7 +99,8 @@ def measure(images: int, steps: int, rounds: int, cifar_spec: str) -> dict:
         imgs = min(steps, len(runs["folder, in memory"][0])) * BATCH
     rates = {name: imgs / statistics.median(s) for name, s in seconds.items()}
     loader_rates = {name: imgs / statistics.median(s) for name, s in reading.items()}
-    return {"n_train": n_train, "n_decoded": n_decoded, "decode_s": decode_s, "epoch_images": imgs, "rates": rates, "loader_rates": loader_rates}
+    return {"n_train": n_train, "n_decoded": n_decoded, "decode_s": decode_s, "epoch_images": imgs, "rates": rates,
+            "loader_rates": loader_rates}
 
 
 def render(result: dict, command: str) -> str:

@@ -43,7 +43,8 @@ from distillscope.models import create_model  # noqa: E402
 
 RECIPES = common.ROOT / "configs" / "cifar10_5k"
 TEACHER, STUDENT, BATCH = "wrn_40_2", "resnet8", 64
-MARKERS = {mode: (f"<!-- {name}:start -->", f"<!-- {name}:end -->") for mode, name in (("off", "method_cost"), ("warm", "method_cost_warm"))}
+MARKERS = {mode: (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+           for mode, name in (("off", "method_cost"), ("warm", "method_cost_warm"))}
 
 
 def _random_teacher(folder: Path, num_classes: int) -> Path:
@@ -99,8 +100,8 @@ def measure(methods: list[str], spec: str, device: str, steps: int, rounds: int,
             trainer.logger.close()
             n = len(trainer.train_loader)
             extra = sum(p.numel() for p in trainer.method.parameters() if p.requires_grad)
-            results.append({"method": name, "ms": 1000 * statistics.median(times[name]) / n, "extra": extra, "steps": n, "device": trainer.device,
-                            "cached": _cached(trainer)})
+            results.append({"method": name, "ms": 1000 * statistics.median(times[name]) / n, "extra": extra, "steps": n,
+                            "device": trainer.device, "cached": _cached(trainer)})
     base = next((r["ms"] for r in results if r["method"] == "ce"), None)
     for r in results:
         r["ratio"] = r["ms"] / base if base else float("nan")
@@ -111,10 +112,12 @@ def render(results: list[dict], spec: str, command: str, load: tuple[float, floa
     device = results[0]["device"]
     warm = cache == "warm"
     lines = [
-        "## Method cost with a warm teacher cache: ms per training step vs the CE step" if warm else "## Method cost: ms per training step vs the CE step",
+        ("## Method cost with a warm teacher cache: ms per training step vs the CE step" if warm
+         else "## Method cost: ms per training step vs the CE step"),
         "",
         f"- machine: {describe_machine(device)}; torch {torch.__version__}, {threads} threads; device {device}",
-        f"- load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores" + (" — the CPU was shared with other jobs" if max(load) > 1.5 else ""),
+        f"- load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores"
+        + (" — the CPU was shared with other jobs" if max(load) > 1.5 else ""),
         f"- date: {common.now()}; data `{spec}`; {TEACHER} -> {STUDENT}, batch {BATCH}, fp32, {results[0]['steps']} steps per timed epoch",
         f"- command: `{command}`",
         "- reference (mdistiller, GPU, ms per batch): KD 11, DKD 11, FitNet 14, OFD 19, RKD 25, ReviewKD 26, CRD 41",
@@ -122,7 +125,8 @@ def render(results: list[dict], spec: str, command: str, load: tuple[float, floa
         "| method | ms / step | ratio to ce | extra parameters |" + (" teacher outputs cached |" if warm else ""),
         "|---|---:|---:|---:|" + ("---|" if warm else ""),
     ]
-    lines += [f"| {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['extra']:,} |" + (f" {r['cached']} |" if warm else "") for r in results]
+    lines += [f"| {r['method']} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['extra']:,} |" + (f" {r['cached']} |" if warm else "")
+              for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -131,19 +135,24 @@ def main(argv: list[str] | None = None) -> str:
     p = common.parser(__doc__)
     p.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed epochs per method (median reported)")
-    p.add_argument("--teacher-cache", choices=["off", "warm"], default="off", help="off: every method runs its teacher (default); warm: teacher outputs read from a filled cache where they fit")
-    p.add_argument("--methods", default=None, help="comma-separated method names (default: every registered single-teacher KD method; self-distillation has bench/self_distill_cost.py); ce is always added")
+    p.add_argument("--teacher-cache", choices=["off", "warm"], default="off",
+                   help="off: every method runs its teacher (default); warm: teacher outputs read from a filled cache where they fit")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method names (default: every registered single-teacher KD method; "
+                        "self-distillation has bench/self_distill_cost.py); ce is always added")
     common.add_run_args(p, "method_cost", "2 steps, 1 round")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 2, 1
-    methods = args.methods.split(",") if args.methods else [m for m in list_methods() if create_method(m).needs_teacher and not create_method(m).multi_teacher]
+    methods = (args.methods.split(",") if args.methods
+               else [m for m in list_methods() if create_method(m).needs_teacher and not create_method(m).multi_teacher])
     methods = ["ce"] + [m for m in methods if m != "ce"]
     spec = common.data_spec(args.data)
     load_before = os.getloadavg()[0]
     results = measure(methods, spec, args.device, args.steps, args.rounds, args.threads, args.teacher_cache)
     load = (load_before, os.getloadavg()[0])
-    text = render(results, common.shown_spec(spec), common.command("method_cost.py", argv), load, torch.get_num_threads(), args.teacher_cache)
+    text = render(results, common.shown_spec(spec), common.command("method_cost.py", argv), load, torch.get_num_threads(),
+                  args.teacher_cache)
     return common.publish(text, args.out, *MARKERS[args.teacher_cache])
 
 

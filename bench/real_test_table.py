@@ -2,8 +2,9 @@
 
 Each line of the file is ``{"run": FOLDER, "best": EVAL, "last": EVAL}``, EVAL being `distillscope eval --json`
 of the run's best-val and last checkpoint. Each row is NAME=GLOB: the runs whose folder matches GLOB (one per
-seed, ``…-s{seed}``). Minutes per run come from each run's summary.json where it is there (for ``runs/X``, else its record ``bench/records/X``). --figure PNG plots each
-row's seeds and mean at the last epoch and at best val. Example:
+seed, ``…-s{seed}``). Minutes per run come from each run's summary.json where it is there (for ``runs/X``, else
+its record ``bench/records/X``). --figure PNG plots each row's seeds and mean at the last epoch and at best val.
+Example:
 
     python bench/real_test_table.py runs/c10k-df/real_test.jsonl 'N(0,1) noise=runs/c10k-df/kd-noise/*' \
         'DeepInversion=runs/c10k-df/kd-deepinversion/*' --figure docs/figures/c10k_data_free.png
@@ -52,7 +53,8 @@ def markdown(rows: list[tuple[str, list[dict]]]) -> str:
              "|---|---|---|---|---|"]
     for name, runs in rows:
         minutes = [r["minutes"] for r in runs if r["minutes"] is not None]
-        spent = f"{statistics.mean(minutes):.1f}" + (f" ({min(minutes):.1f}–{max(minutes):.1f})" if len(minutes) > 1 else "") if minutes else "n/a"
+        spent = (f"{statistics.mean(minutes):.1f}" + (f" ({min(minutes):.1f}–{max(minutes):.1f})" if len(minutes) > 1 else "")
+                 if minutes else "n/a")
         seeds = ", ".join("?" if r["seed"] is None else str(r["seed"]) for r in runs)
         lines.append(f"| {name} | {seeds} | {mean_std([r['best'] for r in runs])} | {mean_std([r['last'] for r in runs])} | {spent} |")
     return "\n".join(lines)

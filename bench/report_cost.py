@@ -28,11 +28,13 @@ START, END = "<!-- report_cost:start -->", "<!-- report_cost:end -->"
 
 
 def _train(folder: Path, args) -> dict[str, Path]:
-    shared = [f"epochs={args.epochs}", f"data.spec={args.data}", "data.val_fraction=0.1", "data.batch_size=64", "run.progress=false", "run.precision=fp32"]
+    shared = [f"epochs={args.epochs}", f"data.spec={args.data}", "data.val_fraction=0.1", "data.batch_size=64", "run.progress=false",
+              "run.precision=fp32"]
     roles = {
         "teacher": [f"student.name={args.teacher}", "method.name=ce"],
         "ce_student": [f"student.name={args.student}", "method.name=ce"],
-        "kd_student": [f"student.name={args.student}", "method.name=kd", f"teacher.name={args.teacher}", f"teacher.checkpoint={folder / 'teacher'}"],
+        "kd_student": [f"student.name={args.student}", "method.name=kd", f"teacher.name={args.teacher}",
+                       f"teacher.checkpoint={folder / 'teacher'}"],
     }
     for role, overrides in roles.items():
         Trainer(load_config(None, shared + [f"name={role}"] + overrides), folder / role).fit()
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {role: Path(args.runs) / role for role in ("teacher", "ce_student", "kd_student")} if args.runs else _train(Path(tmp), args)
         out = Path(tmp) / "report"
-        report = [sys.executable, "-m", "distillscope.cli", "explain", "--student", str(runs["kd_student"]), "--teacher", str(runs["teacher"]),
-                  "--base", str(runs["ce_student"]), "--limit", str(args.limit), "--labels", "onehot", "--device", args.device, "--out", str(out)]
+        report = [sys.executable, "-m", "distillscope.cli", "explain", "--student", str(runs["kd_student"]),
+                  "--teacher", str(runs["teacher"]), "--base", str(runs["ce_student"]), "--limit", str(args.limit), "--labels", "onehot",
+                  "--device", args.device, "--out", str(out)]
         started = time.perf_counter()
         subprocess.run(report, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
@@ -78,12 +81,14 @@ def main(argv: list[str] | None = None) -> str:
         f"- command: `{command}`",
         f"- teacher {models['teacher']}, KD student and CE base {models['kd_student']} (as `make demo`); "
         f"{record['images']} test images of `{record['data']}`; "
-        f"every section except {', '.join(record['skipped']) or 'none'} (not applicable); defaults otherwise (CKA on 500 images, t-SNE of 500 points, "
+        f"every section except {', '.join(record['skipped']) or 'none'} (not applicable); "
+        "defaults otherwise (CKA on 500 images, t-SNE of 500 points, "
         "Grad-CAM/UniCAM/FSS/RS at stage:-1)",
         "",
         "| images | wall time | CPU time (all threads) | peak RSS (report process) | report.html |",
         "|---:|---:|---:|---:|---:|",
-        f"| {record['images']} | {seconds:.1f} s | {child.ru_utime + child.ru_stime:.1f} s | {child.ru_maxrss / 1024:.0f} MiB | {size_kib:.0f} KiB |",
+        f"| {record['images']} | {seconds:.1f} s | {child.ru_utime + child.ru_stime:.1f} s | {child.ru_maxrss / 1024:.0f} MiB | "
+        f"{size_kib:.0f} KiB |",
         "",
         "Wall time per section: " + ", ".join(f"{k} {v:.1f} s" for k, v in sections.items()) + ".",
         "",

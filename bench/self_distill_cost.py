@@ -6,8 +6,9 @@ auto, channels_last) with only ``method`` replaced. An epoch is timed as ``Train
 (``_feed_predictions``; checkpoint and log writes are left out, they are the same for all). CD runs with
 ``phases: [1, 1000]`` over 1001 epochs, so every timed epoch is a soft epoch that updates Q̃:
 with ``confusion_source: val`` it reuses the evaluation's logits, with ``train`` it makes one extra
-eval-mode pass over the training set, with ``train_steps`` it gathers the training steps' predictions. Each method gets one untimed warm-up epoch, then ``--rounds``
-interleaved timed epochs (every method runs epoch r before any runs epoch r+1); medians are reported.
+eval-mode pass over the training set, with ``train_steps`` it gathers the training steps' predictions. Each method
+gets one untimed warm-up epoch, then ``--rounds`` interleaved timed epochs (every method runs epoch r before any runs
+epoch r+1); medians are reported.
 Target (issue 7): CD epoch time <= 1.05x CE's.
 
     python bench/self_distill_cost.py [--rounds 3] [--data SPEC] [--device auto] [--threads N] [--out docs/benchmarks.md] [--quick]
@@ -57,9 +58,11 @@ def _epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
 
 
 def measure(spec: str, device: str, rounds: int, threads: int | None, extra: list[str]) -> list[dict]:
-    shared = ["epochs=1001", "run.progress=false", f"run.device={device}", "data.num_workers=0", *([f"run.threads={threads}"] if threads else []), *extra]
+    shared = ["epochs=1001", "run.progress=false", f"run.device={device}", "data.num_workers=0",
+              *([f"run.threads={threads}"] if threads else []), *extra]
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {case: Trainer(load_config(RECIPE, [*shared, f"method={method}"], spec), Path(tmp) / str(i)) for i, (case, method) in enumerate(CASES.items())}
+        trainers = {case: Trainer(load_config(RECIPE, [*shared, f"method={method}"], spec), Path(tmp) / str(i))
+                    for i, (case, method) in enumerate(CASES.items())}
         for trainer in trainers.values():
             _epoch(trainer, 1)  # warm-up (a soft epoch for CD)
         times = {case: [] for case in trainers}
@@ -69,11 +72,13 @@ def measure(spec: str, device: str, rounds: int, threads: int | None, extra: lis
         for trainer in trainers.values():
             trainer.logger.close()
         any_trainer = next(iter(trainers.values()))
-        info = {"device": any_trainer.device, "precision": any_trainer.precision_name, "images": len(any_trainer.data.train), "model": any_trainer.cfg.student.name}
+        info = {"device": any_trainer.device, "precision": any_trainer.precision_name, "images": len(any_trainer.data.train),
+                "model": any_trainer.cfg.student.name}
     results = []
     for case, rows in times.items():
         parts = [statistics.median(col) for col in zip(*rows)]
-        results.append({"case": case, "train": parts[0], "eval": parts[1], "pass": parts[2], "epoch": statistics.median(sum(r) for r in rows), **info})
+        results.append({"case": case, "train": parts[0], "eval": parts[1], "pass": parts[2],
+                        "epoch": statistics.median(sum(r) for r in rows), **info})
     for r in results:
         r["ratio"] = r["epoch"] / results[0]["epoch"]
     return results
@@ -83,7 +88,8 @@ def render(results: list[dict], spec: str, command: str) -> str:
     lines = [
         "## Self-distillation cost: one epoch per method vs CE",
         "",
-        f"- machine: {common.cores()}; {common.torch_threads()}; device {common.device_name(results[0]['device'])}; precision {results[0]['precision']}",
+        f"- machine: {common.cores()}; {common.torch_threads()}; device {common.device_name(results[0]['device'])}; "
+        f"precision {results[0]['precision']}",
         f"- date: {common.now()}; data `{spec}` ({results[0]['images']} training images); {results[0]['model']}, batch 64",
         f"- command: `{command}`",
         "- target: CD epoch (confusion pass included) <= 1.05x CE",
@@ -91,7 +97,8 @@ def render(results: list[dict], spec: str, command: str) -> str:
         "| method | train s | eval val+test s | prediction pass s | epoch s | epoch / CE epoch |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['case']} | {r['train']:.2f} | {r['eval']:.2f} | {r['pass']:.2f} | {r['epoch']:.2f} | {r['ratio']:.3f} |" for r in results]
+    lines += [f"| {r['case']} | {r['train']:.2f} | {r['eval']:.2f} | {r['pass']:.2f} | {r['epoch']:.2f} | {r['ratio']:.3f} |"
+              for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> str:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = common.parser(__doc__)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed epochs per method (median reported)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every method, e.g. student.name=resnet8")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every method, e.g. student.name=resnet8")
     common.add_run_args(p, "self_distill_cost", "1 round")
     args = p.parse_args(argv)
     if args.quick:

@@ -62,12 +62,13 @@ START, END = "<!-- speed:start -->", "<!-- speed:end -->"
 
 def _teacher_checkpoint(name: str, num_classes: int, folder: Path) -> Path:
     path = folder / f"{name}.safetensors"
-    save_checkpoint(path, prefixed("model", create_model(name, num_classes=num_classes).state_dict()), {"model": name, "num_classes": num_classes})
+    save_checkpoint(path, prefixed("model", create_model(name, num_classes=num_classes).state_dict()),
+                    {"model": name, "num_classes": num_classes})
     return path
 
 
-def _pair(teacher_name: str, student_name: str, setting: str, spec: str, device: str, steps: int, rounds: int, threads: int | None, tmp: Path,
-          compiled: bool = False, profile: bool = False) -> dict:
+def _pair(teacher_name: str, student_name: str, setting: str, spec: str, device: str, steps: int, rounds: int, threads: int | None,
+          tmp: Path, compiled: bool = False, profile: bool = False) -> dict:
     shared = [f"student.name={student_name}", "run.progress=false", f"run.device={device}", f"data.batch_size={BATCH}", *SETTINGS[setting]]
     shared += [f"run.threads={threads}"] if threads else []
     ce = Trainer(load_config(overrides=[*shared, "method={name: ce}"], data_spec=spec), tmp / f"{student_name}-{setting}-ce")
@@ -82,10 +83,13 @@ def _pair(teacher_name: str, student_name: str, setting: str, spec: str, device:
     o = ce.cfg.optim
     extra = {}  # optional modes: name -> trainer (or a trainer and its complete cache)
     if compiled:
-        extra["ce compile"] = Trainer(load_config(overrides=[*shared, "method={name: ce}", "run.compile=true"], data_spec=spec), tmp / f"{student_name}-{setting}-cc")
+        extra["ce compile"] = Trainer(load_config(overrides=[*shared, "method={name: ce}", "run.compile=true"], data_spec=spec),
+                                      tmp / f"{student_name}-{setting}-cc")
     if dev.type == "cuda":
-        extra["ce graph"] = Trainer(load_config(overrides=[*shared, "method={name: ce}", "run.cuda_graph=true"], data_spec=spec), tmp / f"{student_name}-{setting}-cg")
-        kd_graph = Trainer(load_config(overrides=[*kd_overrides, "run.cuda_graph=true"], data_spec=spec), tmp / f"{student_name}-{setting}-kg")
+        extra["ce graph"] = Trainer(load_config(overrides=[*shared, "method={name: ce}", "run.cuda_graph=true"], data_spec=spec),
+                                    tmp / f"{student_name}-{setting}-cg")
+        kd_graph = Trainer(load_config(overrides=[*kd_overrides, "run.cuda_graph=true"], data_spec=spec),
+                           tmp / f"{student_name}-{setting}-kg")
         full = TeacherCache.open(tmp / f"full-{student_name}-{setting}", key, dev, loader.dataset.index)  # every view of the timed rows
         precompute(full, teacher, loader.dataset, loader.mean, loader.std, loader.pad, 512, amp, ce.cfg.run.channels_last)
         kd_graph.teacher_cache = full
@@ -184,7 +188,8 @@ def _pair(teacher_name: str, student_name: str, setting: str, spec: str, device:
     for trainer in (ce, kd, *extra.values()):
         trainer.logger.close()
     median = {m: statistics.median(v) for m, v in times.items()}
-    return {"pair": f"{teacher_name}→{student_name}", "precision": setting, "steps": steps, "device": dev, "time": median, "peak": peaks, "own_ms": own_ms}
+    return {"pair": f"{teacher_name}→{student_name}", "precision": setting, "steps": steps, "device": dev, "time": median, "peak": peaks,
+            "own_ms": own_ms}
 
 
 def _targets(r: dict) -> list[tuple[str, float, float, str]]:
@@ -200,7 +205,8 @@ def _targets(r: dict) -> list[tuple[str, float, float, str]]:
         ("warm KD / reference KD loop", t["kd warm"] / t["ref kd"], 0.5),
     ]
     scoped = r["pair"] != "resnet32x4→resnet8x4"  # the issue sets the reference-loop targets for this pair only
-    return [(name, value, bound, "info" if scoped and "reference" in name else "met" if value <= bound else "MISSED") for name, value, bound in rows]
+    return [(name, value, bound, "info" if scoped and "reference" in name else "met" if value <= bound else "MISSED")
+            for name, value, bound in rows]
 
 
 def render(results: list[dict], spec: str, command: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
@@ -220,11 +226,13 @@ def render(results: list[dict], spec: str, command: str, load: tuple[tuple[float
     for r in results:
         images, steps = r["steps"] * BATCH, r["steps"]
         own = lambda m: f"{r['own_ms'][m]:.2f}" if m in r["own_ms"] else "-"  # noqa: E731
-        lines += [f"| {r['pair']} | {r['precision']} | {m} | {images / t:.1f} | {t / r['time']['ce']:.3f} | {r['peak'][m]:.0f} | {1e3 * t / steps:.0f} | {own(m)} |"
+        lines += [f"| {r['pair']} | {r['precision']} | {m} | {images / t:.1f} | {t / r['time']['ce']:.3f} | {r['peak'][m]:.0f} | "
+                  f"{1e3 * t / steps:.0f} | {own(m)} |"
                   for m, t in r["time"].items()]
     lines += ["", "| pair | precision | target (time ratio) | measured | bound | |", "|---|---|---|---:|---:|---|"]
     for r in results:
-        lines += [f"| {r['pair']} | {r['precision']} | {name} | {value:.3f} | {bound:.3f} | {verdict} |" for name, value, bound, verdict in _targets(r)]
+        lines += [f"| {r['pair']} | {r['precision']} | {name} | {value:.3f} | {bound:.3f} | {verdict} |"
+                  for name, value, bound, verdict in _targets(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +243,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (median reported)")
     p.add_argument("--pairs", default=PAIRS, help="comma-separated teacher:student pairs")
     p.add_argument("--compile", action="store_true", help="add a CE mode with run.compile=true (compiling takes minutes on a CPU)")
-    p.add_argument("--profile", action="store_true", help="one more round per mode under cProfile: ms/step spent in distillscope's own code")
+    p.add_argument("--profile", action="store_true",
+                   help="one more round per mode under cProfile: ms/step spent in distillscope's own code")
     common.add_run_args(p, "speed", "2 steps, 1 round", "torch threads for every mode (run.threads); default: torch's")
     args = p.parse_args(argv)
     if args.quick:
@@ -246,7 +255,8 @@ def main(argv: list[str] | None = None) -> str:
         for pair in args.pairs.split(","):
             teacher_name, student_name = pair.split(":")
             for setting in common.settings(args.device):
-                results.append(_pair(teacher_name, student_name, setting, spec, args.device, args.steps, args.rounds, args.threads, Path(tmp), args.compile, args.profile))
+                results.append(_pair(teacher_name, student_name, setting, spec, args.device, args.steps, args.rounds, args.threads,
+                                     Path(tmp), args.compile, args.profile))
                 print(f"# {pair} {setting} done", file=sys.stderr)
     text = render(results, common.shown_spec(spec), common.command("speed.py", argv), (load_start, os.getloadavg()))
     return common.publish(text, args.out, START, END)

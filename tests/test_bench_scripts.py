@@ -104,8 +104,8 @@ def test_real_test_table_pools_each_rows_seeds_and_reads_minutes_from_summaries(
     (tmp_path / "real.jsonl").write_text("\n".join(lines) + "\n")
     scores["kd-a"][0][0] = 99.0
     figure = tmp_path / "df.png"
-    command = [sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "real.jsonl"), f"A={tmp_path}/kd-a/*", f"B={tmp_path}/kd-b/*",
-               "--figure", str(figure), "--chance", "10"]
+    command = [sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "real.jsonl"), f"A={tmp_path}/kd-a/*",
+               f"B={tmp_path}/kd-b/*", "--figure", str(figure), "--chance", "10"]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
     stat = lambda v: f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"  # noqa: E731
@@ -115,7 +115,8 @@ def test_real_test_table_pools_each_rows_seeds_and_reads_minutes_from_summaries(
     again = subprocess.run(command, capture_output=True, text=True)  # the figure is never overwritten
     assert again.returncode != 0 and "exists" in again.stderr
     (tmp_path / "bad.jsonl").write_text('{"run": "x"}\n')
-    bad = subprocess.run([sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "bad.jsonl"), "A=*"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, str(BENCH / "real_test_table.py"), str(tmp_path / "bad.jsonl"), "A=*"],
+                         capture_output=True, text=True)
     assert bad.returncode != 0 and "bad.jsonl:1: not a real-test line" in bad.stderr
 
 
@@ -127,10 +128,12 @@ def test_keep_records_copies_a_runs_small_files_once_and_never_overwrites(tmp_pa
     runs, records = tmp_path / "runs", tmp_path / "records"
     run = runs / "df" / "kd-s0"
     run.mkdir(parents=True)
-    for name, text in {"summary.json": '{"name": "kd", "seed": 0}', "config.yaml": "name: kd\n", "metrics.csv": "epoch\n1\n", "best.safetensors": "w"}.items():
+    for name, text in {"summary.json": '{"name": "kd", "seed": 0}', "config.yaml": "name: kd\n", "metrics.csv": "epoch\n1\n",
+                       "best.safetensors": "w"}.items():
         (run / name).write_text(text)
     (runs / "df" / "real.jsonl").write_text("{}\n")
-    command = [sys.executable, str(BENCH / "keep_records.py"), str(run), str(runs / "df" / "real.jsonl"), "--runs", str(runs), "--records", str(records)]
+    command = [sys.executable, str(BENCH / "keep_records.py"), str(run), str(runs / "df" / "real.jsonl"), "--runs", str(runs),
+               "--records", str(records)]
     first = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "kept 4 new file(s)" in first.stderr
     assert sorted(p.name for p in (records / "df" / "kd-s0").iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
@@ -144,7 +147,8 @@ def test_keep_records_copies_a_runs_small_files_once_and_never_overwrites(tmp_pa
     outside = subprocess.run([*command[:2], str(tmp_path), "--runs", str(runs), "--records", str(records)], capture_output=True, text=True)
     assert outside.returncode != 0 and "is not below" in outside.stderr
     (runs / "unfinished").mkdir()
-    unfinished = subprocess.run([*command[:2], str(runs / "unfinished"), "--runs", str(runs), "--records", str(records)], capture_output=True, text=True)
+    unfinished = subprocess.run([*command[:2], str(runs / "unfinished"), "--runs", str(runs), "--records", str(records)],
+                                capture_output=True, text=True)
     assert unfinished.returncode != 0 and "has no summary.json" in unfinished.stderr
 
 
@@ -181,7 +185,8 @@ def test_chosen_on_val_picks_the_best_mean_validation_point_over_the_grid_seeds(
                 "best": {"epoch": 3, "val/top1": val if seed < 2 else (99.0 if fill == "0" and k == "0.7" else 0.0), "test/top1": 50.0},
                 "last": {"test/top1": 50.0}}))
     command = [sys.executable, str(BENCH / "chosen_on_val.py"), str(tmp_path), "resnet8_sfkd_kd", "--seeds", "0,1", "--point"]
-    assert subprocess.run(command, capture_output=True, text=True, check=True).stdout.split() == ["method.mask.logits_fill=-inf", "method.mask.logits=0.5"]
+    assert subprocess.run(command, capture_output=True, text=True, check=True).stdout.split() == [
+        "method.mask.logits_fill=-inf", "method.mask.logits=0.5"]
 
 
 @needs_bash
@@ -192,5 +197,29 @@ def test_verdicts_script_interaction_part_trains_two_more_teachers_then_compares
     interactions = [c for c in calls if " interaction " in f" {c} "]
     assert len(interactions) == 6 and all(c.startswith("--threads 1 interaction ") for c in interactions)
     assert "--group teacher=runs/c10k/wrn_40_2-s0,runs/c10k/wrn_40_2-s1,runs/c10k/wrn_40_2-s2 --layer stage:-1 " in interactions[0]
-    assert "--group ce=runs/c10k-v/resnet8_ce-s0,runs/c10k-v/resnet8_ce-s1" in interactions[1] and "--group cd=runs/c10k-v/resnet8_cd-s0" in interactions[1]
+    assert ("--group ce=runs/c10k-v/resnet8_ce-s0,runs/c10k-v/resnet8_ce-s1" in interactions[1]
+            and "--group cd=runs/c10k-v/resnet8_cd-s0" in interactions[1])
     assert [c.split("--layer ")[1].split()[0] for c in interactions] == ["stage:-1"] * 2 + ["stage:-2"] * 2 + ["embedding"] * 2
+
+
+@needs_bash
+@pytest.mark.slow
+def test_gpu_check_without_a_gpu_runs_its_cpu_parts_and_writes_its_section(tmp_path):
+    import json
+    import sys
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nkept\n\n<!-- gpu_check:cpu:start -->\nold\n<!-- gpu_check:cpu:end -->\n\ntail kept\n")
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n") and text.endswith("tail kept\n") and "\nold\n" not in text
+    section = text.split("<!-- gpu_check:cpu:start -->")[1].split("<!-- gpu_check:cpu:end -->")[0]
+    assert "## GPU check: CPU only (" in section and "no GPU here" in section
+    assert "| resnet8→resnet8 | fp32 | kd warm |" in section and "teacher cache: created" not in section  # speed.py's table only
+    rows = [line for line in section.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows)  # two workers gave the one-by-one metrics
+    assert "### DDP: `torchrun --standalone --nproc-per-node=2`" in section and "2 epochs in" in section
+    assert json.loads((tmp_path / "work" / "ddp" / "summary.json").read_text())["epochs"] == 2

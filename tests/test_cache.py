@@ -46,7 +46,8 @@ def teachers(tmp_path_factory):
 
 
 def _kd(tiny_overrides, teacher: Path, cache, *extra):
-    return load_config(None, tiny_overrides + ["method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={teacher}", f"run.teacher_cache={cache}", *extra])
+    return load_config(None, tiny_overrides + ["method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={teacher}",
+                                               f"run.teacher_cache={cache}", *extra])
 
 
 def _count_teacher_calls(trainer) -> list[int]:
@@ -70,7 +71,8 @@ def _close(a: list[dict], b: list[dict], rel: float, abs_: float) -> None:
 def test_view_ids_number_the_162_crop_flip_views_once_each():
     space = {"dy": 9, "dx": 9, "flip": 2}
     grid = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)]
-    aug = {"dy": torch.tensor([g[0] for g in grid]), "dx": torch.tensor([g[1] for g in grid]), "flip": torch.tensor([bool(g[2]) for g in grid])}
+    aug = {"dy": torch.tensor([g[0] for g in grid]), "dx": torch.tensor([g[1] for g in grid]),
+           "flip": torch.tensor([bool(g[2]) for g in grid])}
     ids = view_ids(aug, space, len(grid), torch.device("cpu")).tolist()
     assert ids == [dy * 18 + dx * 2 + f for dy, dx, f in grid]
     assert sorted(ids) == list(range(162))
@@ -243,7 +245,8 @@ def test_cli_cache_build_from_a_multi_teacher_recipe_fills_one_cache_per_teacher
     recipe = tmp_path / "mtkd.yaml"
     recipe.write_text(yaml.safe_dump({"data": {"spec": cfg.data.spec, "val_fraction": cfg.data.val_fraction, "augment": False},
                                       "teachers": [{"name": "resnet8", "checkpoint": str(t)} for t in teachers],
-                                      "method": {"name": "mtkd"}, "run": {"device": "cpu", "precision": "fp32", "teacher_cache": str(tmp_path / "root")}}))
+                                      "method": {"name": "mtkd"},
+                                      "run": {"device": "cpu", "precision": "fp32", "teacher_cache": str(tmp_path / "root")}}))
     assert main(["cache", "build", "--config", str(recipe)]) == 0
     assert capsys.readouterr().out.count("views filled") == 2
     assert len({c["folder"] for c in list_caches(tmp_path / "root")}) == 2
@@ -268,8 +271,10 @@ def test_two_teacher_cached_run_resumed_mid_epoch_matches_the_uninterrupted_one(
 def test_multi_teacher_feature_method_caches_each_teachers_features_within_the_size_limit(tmp_path, tiny_overrides, teachers):
     cached = Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto"), tmp_path / "auto")
     assert len(cached.teacher_caches) == 2 and all(c.names == {"hint": "layer2"} for c in cached.teacher_caches)
-    assert Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto", "run.teacher_cache_max_gib=0.001"), tmp_path / "small").teacher_caches == []
-    with pytest.raises(DistillscopeError, match="method 'aekd_f' taps teacher features that would make a [0-9.]+ GiB cache, above run.teacher_cache_max_gib=1e-06; raise it"):
+    assert Trainer(_multi(tiny_overrides, teachers, "aekd_f", "auto", "run.teacher_cache_max_gib=0.001"),
+                   tmp_path / "small").teacher_caches == []
+    with pytest.raises(DistillscopeError, match="method 'aekd_f' taps teacher features that would make a [0-9.]+ GiB cache, "
+                                                "above run.teacher_cache_max_gib=1e-06; raise it"):
         Trainer(_multi(tiny_overrides, teachers, "aekd_f", tmp_path / "cache", "run.teacher_cache_max_gib=0.000001"), tmp_path / "dir")
     assert len(Trainer(_multi(tiny_overrides, teachers, "mtkd", "auto"), tmp_path / "mtkd").teacher_caches) == 2
 
@@ -345,7 +350,8 @@ def test_logit_caches_keep_their_keys_and_cache_build_stores_a_recipes_features(
     calls = _count_teacher_calls(trainer)
     trainer.fit()
     assert calls[0] == 0
-    [(small, _)] = build_cache(_kd(tiny_overrides, teachers[0], tmp_path / "root", "method.name=rkd", "run.teacher_cache_max_gib=0.000001"), batch_size=64)
+    [(small, _)] = build_cache(_kd(tiny_overrides, teachers[0], tmp_path / "root", "method.name=rkd", "run.teacher_cache_max_gib=0.000001"),
+                               batch_size=64)
     assert small.folder == kd.teacher_cache.folder  # features over the limit: cache build fills the logits a run would still use
     assert sorted(c["features"] for c in list_caches(tmp_path / "root")) == [[], ["fc@input"]]
 
@@ -353,8 +359,10 @@ def test_logit_caches_keep_their_keys_and_cache_build_stores_a_recipes_features(
 def test_a_cache_that_would_not_fit_on_disk_is_refused_or_skipped(tmp_path, tiny_overrides, teachers, monkeypatch):
     import shutil
 
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100 * 2**30, 100 * 2**30 - 2**29, 2**29))  # 0.5 GiB free
-    with pytest.raises(DistillscopeError, match=r"teacher cache: 0.0 GiB needed in .* but 0.5 GiB are free; free disk space, lower run.teacher_cache_max_gib"):
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(100 * 2**30, 100 * 2**30 - 2**29, 2**29))  # 0.5 GiB free
+    with pytest.raises(DistillscopeError, match=r"teacher cache: 0.0 GiB needed in .* but 0.5 GiB are free; "
+                                                r"free disk space, lower run.teacher_cache_max_gib"):
         Trainer(_kd(tiny_overrides, teachers[0], tmp_path / "root"), tmp_path / "dir")
     assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
     monkeypatch.setenv("DISTILLSCOPE_CACHE", str(tmp_path / "user"))
@@ -386,11 +394,13 @@ WRITER = textwrap.dedent("""
 
 def test_two_processes_share_one_cache_first_writer_wins(tmp_path):
     storage = Storage(10)
-    key = {"format": 1, "teacher": {"name": "t", "weights_sha256": "0"}, "data": {"fingerprint": "0", "num_classes": 10, "rows": 40, "mean": [], "std": []},
+    key = {"format": 1, "teacher": {"name": "t", "weights_sha256": "0"},
+           "data": {"fingerprint": "0", "num_classes": 10, "rows": 40, "mean": [], "std": []},
            "augmentation": [["dy", 3], ["dx", 3], ["flip", 2]], "precision": "fp32",
            "storage": {"topk": 0, "fields": {k: [n, np.dtype(d).name] for k, (n, d) in storage.fields().items()}}}
     env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "root"), json.dumps(key), str(tag), str(tmp_path / f"used{tag}.npy")], env=env, stderr=subprocess.PIPE)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "root"), json.dumps(key), str(tag),
+                               str(tmp_path / f"used{tag}.npy")], env=env, stderr=subprocess.PIPE)
              for tag in (1, 2)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
@@ -409,7 +419,8 @@ def test_two_processes_share_one_cache_first_writer_wins(tmp_path):
 def test_cli_cache_build_then_a_run_on_it_never_calls_the_teacher(tmp_path, tiny_overrides, teachers, capsys):
     from distillscope.cli import main
 
-    sets = ["data.augment=false", "data.spec=shapes?n=60&size=16&n_test=20", "data.val_fraction=0.2", "run.device=cpu", "run.precision=fp32"]
+    sets = ["data.augment=false", "data.spec=shapes?n=60&size=16&n_test=20", "data.val_fraction=0.2", "run.device=cpu",
+            "run.precision=fp32"]
     argv = ["cache", "build", str(teachers[0]), "--data", "shapes?n=60&size=16&n_test=20", "--dir", str(tmp_path / "root")]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
     assert "50 images x 1 views filled" in capsys.readouterr().out
@@ -430,10 +441,13 @@ def test_speed_bench_quick_run_writes_its_section(tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\nkept\n")
-    text = bench.main(["--quick", "--pairs", "resnet8:resnet8", "--data", "shapes?n=256&size=16", "--threads", "1", "--profile", "--out", str(out)])
-    modes = [line.split("|")[3].strip() for line in text.splitlines() if line.startswith("| resnet8→resnet8 | fp32 |") and line.count("|") == 9][: len(bench.MODES)]
+    text = bench.main(["--quick", "--pairs", "resnet8:resnet8", "--data", "shapes?n=256&size=16", "--threads", "1", "--profile",
+                       "--out", str(out)])
+    modes = [line.split("|")[3].strip() for line in text.splitlines()
+             if line.startswith("| resnet8→resnet8 | fp32 |") and line.count("|") == 9][: len(bench.MODES)]
     assert modes == bench.MODES
-    assert all(float(line.split("|")[8]) >= 0 for line in text.splitlines() if line.startswith("| resnet8→resnet8 | fp32 | ") and line.count("|") == 9)
+    assert all(float(line.split("|")[8]) >= 0 for line in text.splitlines()
+               if line.startswith("| resnet8→resnet8 | fp32 | ") and line.count("|") == 9)
     targets = [line for line in text.splitlines() if line.endswith(("| met |", "| MISSED |", "| info |"))]
     assert len(targets) == 6 * len(bench.common.settings("cpu"))  # a block per precision: fp32, and bf16 where native
     assert out.read_text().startswith("# Benchmarks\n\nkept\n\n" + bench.START) and out.read_text().endswith(bench.END + "\n")

@@ -83,7 +83,8 @@ def test_default_objective_is_predicted_class_and_batch_equals_single_images():
 
 def test_callable_objective_and_multilayer_mean_with_upsampling():
     gen = torch.Generator().manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3))
     images = torch.randn(3, 3, 8, 8, generator=gen)
     objective = lambda logits, features: logits[:, 1] - logits[:, 2]  # noqa: E731
     both = GradCAM(model, {"early": "1", "late": "2"})(images, objective)

@@ -77,7 +77,8 @@ def test_chain_per_seed_and_its_table_row_apart_from_the_same_config_distilled_d
     assert json.loads((tmp_path / "chain" / "s1" / "1-s" / "chain.json").read_text()) == {"step": 1, "steps": ["t", "s"]}
     assert [json.loads((tmp_path / "chain" / f"s{seed}" / "1-s" / "summary.json").read_text())["seed"] for seed in (0, 1)] == [0, 1]
 
-    folders = [tmp_path / "chain" / f"s{seed}" / step for seed in (0, 1) for step in ("0-t", "1-s")] + [tmp_path / f"direct-s{seed}" for seed in (0, 1)]
+    folders = ([tmp_path / "chain" / f"s{seed}" / step for seed in (0, 1) for step in ("0-t", "1-s")]
+               + [tmp_path / f"direct-s{seed}" for seed in (0, 1)])
     rows = {row["run"]: row for row in table_rows(read_summaries(folders))}
     assert set(rows) == {"t", "t → s", "s"}
     assert rows["t → s"]["seeds"] == [0, 1] and rows["s"]["seeds"] == [0, 1]

@@ -63,7 +63,8 @@ def _fake_rows(accuracies: dict[int, tuple[float, float, float]]) -> list[dict]:
     rows = []
     for seed, values in accuracies.items():
         for role, acc in zip(("teacher", "ce_student", "kd_student"), values):
-            summary = {"student": "m", "method": "x", "last": {"test/top1": acc}, "best": {"test/top1": acc - 1}, "precision": "fp32", "machine": "cpu"}
+            summary = {"student": "m", "method": "x", "last": {"test/top1": acc}, "best": {"test/top1": acc - 1}, "precision": "fp32",
+                       "machine": "cpu"}
             rows.append({"role": role, "seed": seed, "summary": summary, "seconds": 1.0})
     return rows
 

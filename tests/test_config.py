@@ -64,13 +64,17 @@ def test_yaml_never_executes_code(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO / "configs")))
+RECIPES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))  # _*.yaml: bases, partial by design
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_shipped_recipes_validate(recipe):
     cfg = load_config(recipe)
     assert cfg.epochs >= 1
 
 
-@pytest.mark.parametrize("written, expected", [("1e-3", 0.001), ("5E-4", 0.0005), (".5", 0.5), ("1_000", 1000.0), ("2", 2.0), ("+1.5e+1", 15.0)])
+@pytest.mark.parametrize("written, expected",
+                         [("1e-3", 0.001), ("5E-4", 0.0005), (".5", 0.5), ("1_000", 1000.0), ("2", 2.0), ("+1.5e+1", 15.0)])
 def test_numbers_are_accepted_as_people_write_them(tmp_path, written, expected):
     cfg = load_config(None, [f"optim.lr={written}", f"optim.weight_decay={written}", "method.name=kd", "teacher.name=resnet8",
                              "teacher.checkpoint=x", f"method.T={written}"])
@@ -89,5 +93,5 @@ def test_numbers_that_are_not_numbers_of_the_right_kind_are_refused(override, me
 
 
 def test_every_shipped_recipe_uses_precision_auto():
-    for recipe in (REPO / "configs").rglob("*.yaml"):
+    for recipe in RECIPES:
         assert load_config(recipe).run.precision == "auto", recipe

@@ -82,7 +82,8 @@ def test_m_and_q_from_logits_match_sklearn_and_a_loop():
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    base = ["epochs=1", f"data.spec={DATA}", "data.batch_size=32", "data.num_workers=0", "run.progress=false", "run.threads=1", "run.device=cpu"]
+    base = ["epochs=1", f"data.spec={DATA}", "data.batch_size=32", "data.num_workers=0", "run.progress=false", "run.threads=1",
+            "run.device=cpu"]
     root = tmp_path_factory.mktemp("runs")
     Trainer(load_config(None, base + ["student.name=resnet14"]), root / "teacher").fit()
     Trainer(load_config(None, base + ["student.name=resnet8", "seed=1"]), root / "model").fit()

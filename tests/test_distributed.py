@@ -24,7 +24,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def test_rank_shards_put_together_are_the_single_process_batches():
     gen = torch.Generator().manual_seed(0)
-    data = ArrayDataset(torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8, generator=gen), torch.arange(37) % 5, list("abcde"), index=torch.arange(37) * 3)
+    data = ArrayDataset(torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8, generator=gen), torch.arange(37) % 5, list("abcde"),
+                        index=torch.arange(37) * 3)
     kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3, train=True, seed=4, pad=2)
     single = Loader(data, 12, drop_last=True, **kw)
     shards = [ShardedLoader(data, 12, rank=r, world=3, **kw) for r in range(3)]
@@ -49,7 +50,8 @@ def _bn_rank(rank: int, world: int, init: str, x: torch.Tensor, weight: torch.Te
     part = x.chunk(world)[rank].clone().requires_grad_(True)
     y = bn(part)
     (y * torch.arange(y.numel()).view_as(y).float().sin()).sum().backward()
-    torch.save({"y": y.detach(), "dx": part.grad, "dw": bn.weight.grad, "db": bn.bias.grad, "mean": bn.running_mean, "var": bn.running_var}, f"{out}.{rank}")
+    torch.save({"y": y.detach(), "dx": part.grad, "dw": bn.weight.grad, "db": bn.bias.grad, "mean": bn.running_mean, "var": bn.running_var},
+               f"{out}.{rank}")
     dist.destroy_process_group()
 
 
@@ -90,7 +92,8 @@ def test_ranks_agree_on_rank_0s_choice(tmp_path):
 
 
 def _train(args: list[str], env: dict, nproc: int) -> None:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1
+                else [sys.executable])
     done = subprocess.run([*launcher, "-m", "distillscope", "train", *args], env=env, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
 
@@ -98,9 +101,10 @@ def _train(args: list[str], env: dict, nproc: int) -> None:
 def test_torchrun_with_two_cpu_processes_matches_one_process(tmp_path, tiny_overrides):
     torch.manual_seed(0)
     teacher = tmp_path / "teacher.safetensors"
-    save_checkpoint(teacher, prefixed("model", create_model("resnet8", num_classes=10).state_dict()), {"model": "resnet8", "num_classes": 10})
-    overrides = tiny_overrides + ["method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={teacher}", f"run.teacher_cache={tmp_path / 'cache'}",
-                                  "run.sync_bn=true", "run.log_every=2"]
+    save_checkpoint(teacher, prefixed("model", create_model("resnet8", num_classes=10).state_dict()),
+                    {"model": "resnet8", "num_classes": 10})
+    overrides = tiny_overrides + ["method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={teacher}",
+                                  f"run.teacher_cache={tmp_path / 'cache'}", "run.sync_bn=true", "run.log_every=2"]
     args = [a for o in overrides for a in ("--set", o)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")

@@ -18,7 +18,8 @@ def runs(tmp_path_factory):
               "optim.lr=0.05", "run.progress=false", "run.threads=1", "run.device=cpu"]
     Trainer(load_config(None, common + ["name=t", "method.name=ce"]), root / "teacher").fit()
     Trainer(load_config(None, common + ["name=b", "method.name=ce", "seed=1"]), root / "base").fit()
-    Trainer(load_config(None, common + ["name=s", "method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={root / 'teacher'}"]), root / "student").fit()
+    Trainer(load_config(None, common + ["name=s", "method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={root / 'teacher'}"]),
+            root / "student").fit()
     return root
 
 
@@ -31,7 +32,8 @@ def test_explain_writes_grids_tables_localisation_and_summary(runs, tmp_path, ca
     out = tmp_path / "explain"
     code = explain(runs, out, "--base", str(runs / "base"), "--layers", "stage:0", "stage:-1", "--road-fraction", "0.5")
     assert code == 0, capsys.readouterr().err
-    for name in ("grid.png", "grid_stage0.png", "grid_stage-1.png", "scores.csv", "scores.json", "localisation.csv", "summary.md", "settings.json"):
+    for name in ("grid.png", "grid_stage0.png", "grid_stage-1.png", "scores.csv", "scores.json", "localisation.csv", "summary.md",
+                 "settings.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "scores.csv")))
     # 2 references x 2 layers x 2 conditions x 5 statistics
@@ -41,7 +43,8 @@ def test_explain_writes_grids_tables_localisation_and_summary(runs, tmp_path, ca
     assert {r["maps"] for r in loc} == {"gradcam_student", "gradcam_teacher", "gradcam_base", "unicam_distilled", "unicam_residual"}
     assert all(0 <= r["energy"] <= 1 and 0 <= r["pointing"] <= 1 for r in loc)
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["batch_size"] == 8 and settings["seed"] == 0 and settings["label_embeddings"] == "onehot" and settings["unicam_base"] == "base"
+    assert (settings["batch_size"] == 8 and settings["seed"] == 0 and settings["label_embeddings"] == "onehot"
+            and settings["unicam_base"] == "base")
     summary = (out / "summary.md").read_text()
     assert "batches of 8 drawn with seed 0" in summary and "| base | stage:-1 | lerf |" in summary and "energy in mask" in summary
 
@@ -75,8 +78,8 @@ def test_road_lerf_ranks_pixels_by_the_road_cam_setting(runs, tmp_path, monkeypa
 
     monkeypatch.setattr(scores, "CAM_METHODS", {name: recording(name) for name in scores.CAM_METHODS})
     extra = {} if road_cam is None else {"road_cam": road_cam}
-    settings = ExplainSettings(student=str(runs / "student"), teacher=str(runs / "teacher"), data=DATA, out=str(tmp_path / "e"), labels="onehot",
-                               limit=16, batch_size=8, grid_images=2, device="cpu", progress=False, **extra)
+    settings = ExplainSettings(student=str(runs / "student"), teacher=str(runs / "teacher"), data=DATA, out=str(tmp_path / "e"),
+                               labels="onehot", limit=16, batch_size=8, grid_images=2, device="cpu", progress=False, **extra)
     result = run_explain(settings)
     expected = road_cam or "gradcam"  # the paper's choice (Fig. 4, Sec. 4.2.2) is the default
     assert used and set(used) == {expected}  # only the LeRF inputs go through scores' CAM
@@ -90,5 +93,6 @@ def test_unknown_road_cam_is_refused_before_any_work(runs, tmp_path):
     from distillscope.explain import ExplainSettings, run_explain
 
     with pytest.raises(DistillscopeError, match="road_cam 'scorecam' unknown"):
-        run_explain(ExplainSettings(student=str(runs / "student"), teacher=str(runs / "teacher"), data=DATA, out=str(tmp_path / "e"), road_cam="scorecam"))
+        run_explain(ExplainSettings(student=str(runs / "student"), teacher=str(runs / "teacher"), data=DATA, out=str(tmp_path / "e"),
+                                    road_cam="scorecam"))
     assert not (tmp_path / "e").exists()

@@ -37,7 +37,8 @@ def test_cuda_graph_is_refused_off_the_gpu(tmp_path, tiny_overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DISTILLSCOPE_SLOW_TESTS"), reason="torch.compile takes minutes on a small CPU; set DISTILLSCOPE_SLOW_TESTS=1")
+@pytest.mark.skipif(not os.environ.get("DISTILLSCOPE_SLOW_TESTS"),
+                    reason="torch.compile takes minutes on a small CPU; set DISTILLSCOPE_SLOW_TESTS=1")
 def test_compiled_models_train_like_eager_ones_and_keep_their_taps(tmp_path, tiny_overrides, teacher):
     overrides = tiny_overrides + ["epochs=1", "method.name=fitnet", "teacher.name=resnet8", f"teacher.checkpoint={teacher}"]
     eager = Trainer(load_config(None, overrides), tmp_path / "eager").fit()

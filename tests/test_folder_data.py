@@ -68,7 +68,8 @@ def test_box_resolution_matches_the_reference_algorithm_including_the_fallback()
             box = resolve_resized_crop(draw, H, W, ratio)
             got = torch.stack([box[k] for k in ("top", "left", "height", "width")], 1).tolist()
             want = [
-                list(_reference_box(draw["area"][i].tolist(), draw["log_ratio"][i].tolist(), draw["y"][i].item(), draw["x"][i].item(), H, W, ratio))
+                list(_reference_box(draw["area"][i].tolist(), draw["log_ratio"][i].tolist(), draw["y"][i].item(), draw["x"][i].item(),
+                                    H, W, ratio))
                 for i in range(200)
             ]
             assert got == want, (scale, H, W)
@@ -131,7 +132,8 @@ def test_memory_limit_switches_between_decoding_and_streaming(tmp_path):
     assert isinstance(load_data(f"folder:{tmp_path}?size=8&memory=2GB&workers=1").test, ArrayDataset)
     assert parse_bytes("2GB") == 2 * 2**30 and parse_bytes("512mb") == 512 * 2**20 and parse_bytes("1.5K") == 1536
     assert parse_bytes("3GiB") == 3 * 2**30 and parse_bytes("0") == 0 and parse_bytes("100") == 100
-    for bad, message in (("memory=lots", "memory='lots' is not a size"), ("crop=1.5", r"crop=1.5 in \(0, 1\]"), ("crop=x", "must be a number")):
+    for bad, message in (("memory=lots", "memory='lots' is not a size"), ("crop=1.5", r"crop=1.5 in \(0, 1\]"),
+                         ("crop=x", "must be a number")):
         with pytest.raises(DistillscopeError, match=message):
             load_data(f"folder:{tmp_path}?{bad}")
 
@@ -150,7 +152,8 @@ def test_streamed_random_resized_crop_replays_on_the_source_image(tmp_path):
             W, H = img.size
             top, left, h, w = (round(batch.aug[k][j].item() * size) for k, size in (("top", H), ("left", W), ("height", H), ("width", W)))
             assert 0 <= top and top + h <= H and 0 <= left and left + w <= W and h * w >= 0.19 * H * W
-            ref = torch.from_numpy(np.asarray(img.crop((left, top, left + w, top + h)).resize((16, 16), Image.BILINEAR)).copy()).permute(2, 0, 1)
+            crop = img.crop((left, top, left + w, top + h)).resize((16, 16), Image.BILINEAR)
+            ref = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1)
             src = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()[None, :, top : top + h, left : left + w]
             torch_ref = F.interpolate(src, (16, 16), mode="bilinear", antialias=True, align_corners=False)[0]
             if batch.aug["flip"][j]:
@@ -215,7 +218,8 @@ def test_augment_config_accepts_old_booleans_and_checks_crop_parameters():
     assert load_config(None, ["data.augment=false"]).data.augment == "none"
     cfg = load_config(None, ["data.augment=random_resized_crop", "data.crop_scale=[0.35, 1]", "data.crop_ratio=[0.5, 2]"])
     assert cfg.data.augment == "random_resized_crop" and cfg.data.crop_scale == [0.35, 1.0]
-    for bad, message in (("data.augment=rrc", "'rrc' is not one of"), ("data.crop_scale=[0.5, 1.5]", "crop_scale"), ("data.crop_ratio=[2]", "two numbers")):
+    for bad, message in (("data.augment=rrc", "'rrc' is not one of"), ("data.crop_scale=[0.5, 1.5]", "crop_scale"),
+                         ("data.crop_ratio=[2]", "two numbers")):
         with pytest.raises(DistillscopeError, match=message):
             load_config(None, [bad])
 

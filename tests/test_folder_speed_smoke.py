@@ -21,7 +21,8 @@ def test_quick_run_writes_its_section(tmp_path):
     out.write_text(f"# Benchmarks\n\n{bench.START}\nstale\n{bench.END}\n\ntail kept\n")
     text = bench.main(["--quick", "--images", "128", "--out", str(out)])
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| CIFAR") or line.startswith("| folder")]
-    assert [r[0].strip() for r in rows] == ["CIFAR-10 in memory (reference)", "folder, in memory", "folder, streamed, 0 workers", "folder, streamed, 1 worker"]
+    assert [r[0].strip() for r in rows] == ["CIFAR-10 in memory (reference)", "folder, in memory", "folder, streamed, 0 workers",
+                                            "folder, streamed, 1 worker"]
     assert all(math.isfinite(float(r[i])) and float(r[i]) > 0 for r in rows for i in (1, 2, 3))
     assert "Decoding the folder into memory" in text
     written = out.read_text()

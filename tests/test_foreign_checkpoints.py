@@ -397,7 +397,8 @@ def save_as(path: Path, state: dict[str, torch.Tensor], form: str, legacy: bool 
 def teacher_from(path: Path, arch: str) -> torch.nn.Module:
     """Load ``path`` as ``teacher.checkpoint`` does."""
     data = SimpleNamespace(num_classes=_classes(arch), classes=[str(i) for i in range(_classes(arch))])
-    return load_teacher(ModelConfig(name=arch, checkpoint=str(path)), data, "cifar100:elsewhere", torch.device("cpu"), torch.contiguous_format)
+    return load_teacher(ModelConfig(name=arch, checkpoint=str(path)), data, "cifar100:elsewhere", torch.device("cpu"),
+                        torch.contiguous_format)
 
 
 # ----------------------------------------------------------------- tests
@@ -503,10 +504,12 @@ def test_a_file_with_a_tensor_too_many_or_too_few_is_refused_by_its_names(tmp_pa
 
 def test_files_of_another_network_are_refused_with_the_reason(tmp_path):
     # torchvision's ImageNet MobileNetV2 (features.N..., classifier.1) is not the zoo's CIFAR mobile_half
-    torchvision_mv2 = {"features.0.0.weight": torch.zeros(32, 3, 3, 3), **{f"features.0.1.{k}": torch.ones(32) for k in ("weight", "bias", "running_mean", "running_var")},
+    torchvision_mv2 = {"features.0.0.weight": torch.zeros(32, 3, 3, 3),
+                       **{f"features.0.1.{k}": torch.ones(32) for k in ("weight", "bias", "running_mean", "running_var")},
                        "features.1.conv.0.0.weight": torch.zeros(32, 1, 3, 3), "features.1.conv.1.weight": torch.zeros(16, 32, 1, 1),
                        "classifier.1.weight": torch.zeros(100, 1280), "classifier.1.bias": torch.zeros(100)}
-    with pytest.raises(DistillscopeError, match=r"torchvision's ImageNet MobileNetV2 .* load them into model torchvision:mobilenet_v2") as err:
+    with pytest.raises(DistillscopeError,
+                       match=r"torchvision's ImageNet MobileNetV2 .* load them into model torchvision:mobilenet_v2") as err:
         teacher_from(save_as(tmp_path / "mobilenet_v2.pth", torchvision_mv2, "bare"), "mobilenetv2")
     assert "\n" not in str(err.value)
     # torchvision's resnet18 (7×7 stem) is resnet18_imagenet, not the CIFAR-stem resnet18
@@ -538,7 +541,8 @@ def test_our_own_checkpoints_load_unchanged(tmp_path):
     """The renaming never touches files in the zoo's own names (bench/teachers/, run folders)."""
     model = create_model("wrn_16_2", num_classes=100)
     assert fit_weights(create_model("wrn_16_2", num_classes=100), model.state_dict(), "own") == "its own names"
-    assert fit_weights(create_model("wrn_16_2", num_classes=100), their_state("wrn_16_2", 100), "theirs") == "RepDistiller/mdistiller models/wrn.py"
+    assert (fit_weights(create_model("wrn_16_2", num_classes=100), their_state("wrn_16_2", 100), "theirs")
+            == "RepDistiller/mdistiller models/wrn.py")
     shipped = sorted((REPO / "bench" / "teachers").glob("**/best.safetensors"))
     for file in shipped[:2]:
         _, state = load_model(file)
@@ -609,7 +613,8 @@ PAPER_ROWS = {
     ("resnet32x4", "shufflenetv2"): ((74.45, 75.50), (77.07, 77.34)),
     ("wrn_40_2", "shufflenetv1"): ((74.83, 76.16), (76.70, 76.95)),
 }
-DKD_BETA = {("resnet32x4", "resnet8x4"): 8.0, ("resnet32x4", "shufflenetv2"): 8.0, ("wrn_40_2", "shufflenetv1"): 8.0}  # mdistiller; 6 elsewhere
+DKD_BETA = {("resnet32x4", "resnet8x4"): 8.0, ("resnet32x4", "shufflenetv2"): 8.0,
+            ("wrn_40_2", "shufflenetv1"): 8.0}  # mdistiller; 6 elsewhere
 
 
 def _recipes():
@@ -636,14 +641,16 @@ def test_a_paper_recipe_is_the_papers_setting(row):
     assert cfg.teacher.checkpoint == f"teachers/{teacher}_vanilla/ckpt_epoch_240.pth"
     assert (cfg.epochs, cfg.data.val_fraction, cfg.data.batch_size, cfg.data.spec) == (240, 0, 64, "cifar100:data/cifar-100-python")
     o = cfg.optim
-    assert (o.schedule, o.milestones, o.gamma, o.momentum, o.weight_decay, o.warmup_epochs) == ("multistep", [150, 180, 210], 0.1, 0.9, 5e-4, 0)
+    assert (o.schedule, o.milestones, o.gamma, o.momentum, o.weight_decay, o.warmup_epochs) == (
+        "multistep", [150, 180, 210], 0.1, 0.9, 5e-4, 0)
     assert o.lr == (0.01 if student in ("mobilenetv2", "shufflenetv1", "shufflenetv2") else 0.05)
     m = dict(cfg.method)
     assert m.pop("mask", None) == ({"logits": 0.7} if sfkd else None)
     if method == "kd":
         assert m == {"name": "kd", "T": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
     else:
-        assert m == {"name": "dkd", "alpha": 1.0, "beta": DKD_BETA.get((teacher, student), 6.0), "T": 4.0, "warmup_epochs": 20.0, "ce_weight": 1.0}
+        assert m == {"name": "dkd", "alpha": 1.0, "beta": DKD_BETA.get((teacher, student), 6.0), "T": 4.0, "warmup_epochs": 20.0,
+                     "ce_weight": 1.0}
     assert yaml.safe_load(path.read_text())["name"] == cfg.name and cfg.name.startswith("c100-p003-")
     # the README's table has the recipe with the paper's number
     readme = (REPO / "README.md").read_text()

@@ -35,8 +35,8 @@ def test_label_information_tracks_the_monte_carlo_truth_and_falls_with_noise():
     y_fit, y_eval = rng.integers(0, 4, 1000), rng.integers(0, 4, 1000)
     estimates = []
     for sigma in (0.4, 1.0, 2.0):
-        result = estimate_iyf(torch.tensor(_noisy_one_hot(y_fit, sigma, rng)), torch.tensor(y_fit), torch.tensor(_noisy_one_hot(y_eval, sigma, rng)),
-                              torch.tensor(y_eval), 4, FAST)
+        result = estimate_iyf(torch.tensor(_noisy_one_hot(y_fit, sigma, rng)), torch.tensor(y_fit),
+                              torch.tensor(_noisy_one_hot(y_eval, sigma, rng)), torch.tensor(y_eval), 4, FAST)
         truth = _true_information(sigma)
         assert truth - 0.12 < result["iyf"] < truth + 0.08, (sigma, truth, result)
         p = np.bincount(y_eval, minlength=4) / len(y_eval)
@@ -53,7 +53,8 @@ def test_input_information_falls_as_the_map_loses_detail():
     settings, estimates = ProbeSettings(epochs=25, patience=3, width=8, lr=1e-2), []
     for factor in (1, 2, 4, 8):  # features: the image average-pooled to 16, 8, 4, 2 pixels a side
         result = estimate_ixf(F.avg_pool2d(x_fit, factor), x_fit, F.avg_pool2d(x_eval, factor), x_eval, settings)
-        constant = F.binary_cross_entropy(x_fit.mean(0, keepdim=True).clamp(1e-6, 1 - 1e-6).expand_as(x_eval), x_eval, reduction="sum").item() / len(x_eval)
+        constant = F.binary_cross_entropy(x_fit.mean(0, keepdim=True).clamp(1e-6, 1 - 1e-6).expand_as(x_eval), x_eval,
+                                          reduction="sum").item() / len(x_eval)
         assert result["constant_bce"] == pytest.approx(constant, rel=1e-4)
         estimates.append(result["ixf"])
     assert estimates[0] > estimates[1] > estimates[2] > estimates[3] > 0
@@ -99,8 +100,8 @@ def test_information_plane_and_cli_over_kept_epochs(kept_run, tmp_path, capsys):
     assert [(p["layer"], p["epoch"]) for p in result.points] == [("embedding", 1), ("stage:0", 1), ("embedding", 2), ("stage:0", 2)]
     assert all(np.isfinite(p["ixf"]) and np.isfinite(p["iyf"]) for p in result.points)
     out = tmp_path / "ip"
-    args = ["infoplane", str(kept_run), "--data", data, "--layers", "embedding", "--n-fit", "100", "--n-eval", "40", "--epochs", "2", "--device", "cpu",
-            "--checkpoints", "2", "--out", str(out)]
+    args = ["infoplane", str(kept_run), "--data", data, "--layers", "embedding", "--n-fit", "100", "--n-eval", "40", "--epochs", "2",
+            "--device", "cpu", "--checkpoints", "2", "--out", str(out)]
     assert main(args) == 0
     assert "I(Y;F)" in capsys.readouterr().out
     assert [p["epoch"] for p in json.loads((out / "infoplane.json").read_text())["points"]] == [2]

@@ -113,7 +113,8 @@ def _planted(models=4, n=300, seed=0):
     for m in range(models):
         perm = np.random.default_rng(seed + m).permutation(np.arange(90, n))
         cols, pos = [], []
-        for h, (plus, minus) in zip((3.0, 2.0, 1.0), ((np.arange(30), np.arange(30, 90)), (perm[:30], perm[30:90]), (perm[90:120], perm[120:180]))):
+        for h, (plus, minus) in zip((3.0, 2.0, 1.0), ((np.arange(30), np.arange(30, 90)), (perm[:30], perm[30:90]),
+                                                      (perm[90:120], perm[120:180]))):
             col = np.zeros(n)
             col[plus], col[minus] = h, -h / 2
             cols.append(col)
@@ -128,7 +129,8 @@ def test_a_planted_shared_feature_gives_the_known_tensor_and_statistics():
     projections = [pca_projections(f, 3) for f in features]
     for f, p in zip(features, projections):
         np.testing.assert_allclose(p, f, atol=1e-9)  # PCA recovers the planted columns, signs included
-    private = [abs(np.corrcoef(features[m][:, a], features[q][:, b])[0, 1]) for m in range(4) for q in range(4) if m != q for a in (1, 2) for b in (1, 2)]
+    private = [abs(np.corrcoef(features[m][:, a], features[q][:, b])[0, 1])
+               for m in range(4) for q in range(4) if m != q for a in (1, 2) for b in (1, 2)]
     assert max(private) < 0.5  # so γ = 0.5 separates shared from private
     confidence = np.random.default_rng(5).uniform(0.2, 1.0, size=(4, 300))
     result = interaction_tensor(projections, {"A": [0, 1], "B": [2, 3]}, confidence=confidence, gamma=0.5)
@@ -164,8 +166,8 @@ def test_groups_must_cover_every_model_once():
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    overrides = ["epochs=1", "data.spec=shapes?n=160&size=16&n_test=60", "data.val_fraction=0.2", "data.batch_size=32", "data.num_workers=0",
-                 "student.name=resnet8", "run.progress=false", "run.threads=1", "run.device=cpu"]
+    overrides = ["epochs=1", "data.spec=shapes?n=160&size=16&n_test=60", "data.val_fraction=0.2", "data.batch_size=32",
+                 "data.num_workers=0", "student.name=resnet8", "run.progress=false", "run.threads=1", "run.device=cpu"]
     for seed in (0, 1):
         Trainer(load_config(None, overrides + [f"seed={seed}"]), root / f"s{seed}").fit()
     return root
@@ -185,7 +187,8 @@ def test_from_runs_and_the_cli_write_json_and_figures(two_runs, tmp_path, capsys
     by_hand = pca_projections(stage.flatten(1).double().numpy(), 8).astype(np.float32)
     np.testing.assert_array_equal(result.present[0], presence(by_hand))
     out = tmp_path / "it"
-    assert main(["interaction", "--group", f"a={two_runs / 's0'}", "--group", f"b={two_runs / 's1'}", "--data", data, "--components", "8", "--out", str(out)]) == 0
+    assert main(["interaction", "--group", f"a={two_runs / 's0'}", "--group", f"b={two_runs / 's1'}", "--data", data,
+                 "--components", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "features" in printed.out and "shared by all groups" in printed.out
     lines = [line for line in printed.err.splitlines() if line.startswith("warning:")]  # stderr also holds the progress bars
@@ -205,7 +208,8 @@ def test_from_runs_and_the_cli_write_json_and_figures(two_runs, tmp_path, capsys
     assert "has 64 dims, fewer than 70 components" in capsys.readouterr().err
     for name in FIGURES:
         assert (out / name).stat().st_size > 1000
-    assert main(["interaction", "--group", f"a={two_runs / 's0'}", "--data", data, "--components", "8", "--out", str(out)]) == 2  # never overwrites
+    assert main(["interaction", "--group", f"a={two_runs / 's0'}", "--data", data, "--components", "8",
+                 "--out", str(out)]) == 2  # never overwrites
     assert main(["interaction", "--group", "nonsense", "--data", data, "--out", str(tmp_path / "x")]) == 2
     assert "NAME=RUN" in capsys.readouterr().err
 

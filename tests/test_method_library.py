@@ -126,7 +126,8 @@ def test_sfkd_mask_with_k_1_changes_nothing_and_k_below_1_is_applied(name, teach
 @pytest.mark.parametrize("recipe", VARIANTS, ids=lambda p: p.stem)
 def test_variant_recipes_train(recipe, teacher_dir, tmp_path):
     is_cd = yaml.safe_load(recipe.read_text())["method"]["name"] == "cd"  # one hard, then one soft epoch
-    summary = Trainer(recipe_config(recipe, teacher_dir, ["epochs=2", "method.phases=[1, 1]"] if is_cd else ["epochs=1"]), tmp_path / "run").fit()
+    summary = Trainer(recipe_config(recipe, teacher_dir, ["epochs=2", "method.phases=[1, 1]"] if is_cd else ["epochs=1"]),
+                      tmp_path / "run").fit()
     terms = {k: v for k, v in summary["last"].items() if k.startswith("train/")}
     assert all(math.isfinite(v) for v in terms.values())
     assert set(terms) - {"train/loss", "train/top1", "train/top5", "train/ce"}, "no distillation term was logged"
@@ -139,7 +140,8 @@ def test_method_cost_bench_runs_and_writes_its_section(tmp_path):
     start, end = bench.MARKERS["off"]
     out = tmp_path / "benchmarks.md"
     out.write_text(f"# Benchmarks\n\n{start}\nstale\n{end}\ntail\n")
-    text = bench.main(["--quick", "--methods", "kd", "--threads", "1", "--device", "cpu", "--data", "shapes?n=256&size=16", "--out", str(out)])
+    text = bench.main(["--quick", "--methods", "kd", "--threads", "1", "--device", "cpu", "--data", "shapes?n=256&size=16",
+                       "--out", str(out)])
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"method", "ce", "kd"}
     assert float(rows["ce"][1]) == 1.0 and float(rows["kd"][0]) > 0 and rows["kd"][2].strip() == "0"
@@ -148,8 +150,10 @@ def test_method_cost_bench_runs_and_writes_its_section(tmp_path):
 
     warm = bench.main(["--quick", "--methods", "kd,crd,fitnet", "--teacher-cache", "warm", "--threads", "1", "--device", "cpu",
                        "--data", "shapes?n=256&size=16", "--out", str(out)])
-    cached = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in warm.splitlines() if line.startswith("| ") and "---" not in line}
-    assert cached == {"method": "teacher outputs cached", "ce": "", "kd": "logits", "crd": "logits + fc@input", "fitnet": "logits + block3.0.relu1"}  # tiny images: even a stage map fits
+    cached = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in warm.splitlines()
+              if line.startswith("| ") and "---" not in line}
+    assert cached == {"method": "teacher outputs cached", "ce": "", "kd": "logits", "crd": "logits + fc@input",
+                      "fitnet": "logits + block3.0.relu1"}  # tiny images: even a stage map fits
     assert text in out.read_text() and warm in out.read_text()  # two sections side by side
 
 
@@ -172,7 +176,8 @@ def test_a_feature_mask_that_keeps_every_nonzero_entry_of_a_relu_map_is_reported
     warnings = [w for w in trainer.method.run_warnings if "unchanged" in w]
     if identity:
         share = (nonzero.float() / feature.shape[1]).max().item()
-        assert warnings == [f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its entries "
-                            f"are nonzero (a map after a ReLU is mostly zeros) and K keeps them all; choose K below {share:.2f} to mask it"]
+        assert warnings == [f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its "
+                            "entries are nonzero (a map after a ReLU is mostly zeros) and K keeps them all; "
+                            f"choose K below {share:.2f} to mask it"]
     else:
         assert warnings == []

@@ -269,7 +269,8 @@ def test_ofd_reads_the_bn_before_each_zoo_preact_tap_and_refuses_pairs_it_cannot
     s_taps, t_taps = method.taps(create_model("resnet8", 10), teacher)
     assert t_taps == {"f0": "preact:-3", "f1": "preact:-2", "f2": "preact:-1"}
     x = torch.randn(2, 3, 16, 16)
-    shapes = [{k: v.shape for k, v in FeatureTaps(m, taps)(x)[1].items()} for m, taps in ((create_model("resnet8", 10), s_taps), (teacher, t_taps))]
+    shapes = [{k: v.shape for k, v in FeatureTaps(m, taps)(x)[1].items()}
+              for m, taps in ((create_model("resnet8", 10), s_taps), (teacher, t_taps))]
     method.build(*shapes, info_for())
     for k, layer in zip(("f0", "f1", "f2"), (teacher.layer1, teacher.layer2, teacher.layer3)):
         assert torch.equal(getattr(method, f"margin_{k}"), bn_margin(layer[-1].bn2))  # the residual branch's last BN
@@ -282,7 +283,8 @@ def test_ofd_reads_the_bn_before_each_zoo_preact_tap_and_refuses_pairs_it_cannot
         create_method("ofd").taps(Plain(), teacher)
     bad = create_method("ofd")
     _, t_taps = bad.taps(create_model("resnet8", 10), create_model("shufflenetv2", 10))
-    shapes = [{k: v.shape for k, v in FeatureTaps(create_model(m, 10), taps)(x)[1].items()} for m, taps in (("resnet8", s_taps), ("shufflenetv2", t_taps))]
+    shapes = [{k: v.shape for k, v in FeatureTaps(create_model(m, 10), taps)(x)[1].items()}
+              for m, taps in (("resnet8", s_taps), ("shufflenetv2", t_taps))]
     with pytest.raises(DistillscopeError, match="no BatchNorm with 116 channels feeds teacher tap 'preact:-3'"):
         bad.build(*shapes, info_for())
 
@@ -302,7 +304,8 @@ def test_reviewkd_hierarchical_context_loss_and_fusion_wiring():
 
     s = {"f0": randn(2, 4, 4, 4, seed=24), "f1": randn(2, 5, 2, 2, seed=28), "f2": randn(2, 6, seed=25)}
     t = {"f0": randn(2, 5, 8, 8, seed=26), "f1": randn(2, 3, 2, 2, seed=29), "f2": randn(2, 7, seed=27)}
-    method = create_method("reviewkd", reviewkd_weight=2.0, warmup_epochs=4.0, mid_channels=3, student_taps=["a", "b", "c"], teacher_taps=["d", "e", "f"])
+    method = create_method("reviewkd", reviewkd_weight=2.0, warmup_epochs=4.0, mid_channels=3, student_taps=["a", "b", "c"],
+                           teacher_taps=["d", "e", "f"])
     losses = run(method, s, t, epoch=1)
     assert method.fusions["f2"].attention is None and method.fusions["f0"].attention is not None
 
@@ -323,7 +326,8 @@ def test_reviewkd_hierarchical_context_loss_and_fusion_wiring():
         out0 = method.fusions["f0"].out(fused0)
     expected = hcl(out0, t["f0"]) + hcl(out1, t["f1"]) + hcl(out2, t["f2"][:, :, None, None])
     assert losses["reviewkd"].item() == pytest.approx(2.0 * 0.5 * expected, rel=1e-5)  # epoch 1 of a 4-epoch warm-up: (1 + 1) / 4
-    assert run(create_method("reviewkd", student_taps=["a"], teacher_taps=["b"]), {"f0": s["f0"]}, {"f0": t["f0"]}, epoch=0)["reviewkd"].item() > 0
+    assert run(create_method("reviewkd", student_taps=["a"], teacher_taps=["b"]), {"f0": s["f0"]}, {"f0": t["f0"]},
+               epoch=0)["reviewkd"].item() > 0
 
 
 def test_simkd_loss_classifier_and_deployable_model():
@@ -396,7 +400,8 @@ def tiny_teacher(tmp_path_factory):
 
 
 def _recipe(name, teacher):
-    return load_config(REPO / "configs" / "cifar10_5k" / f"resnet8_{name}.yaml", TINY + ["teacher.name=wrn_16_1", f"teacher.checkpoint={teacher}"])
+    return load_config(REPO / "configs" / "cifar10_5k" / f"resnet8_{name}.yaml",
+                       TINY + ["teacher.name=wrn_16_1", f"teacher.checkpoint={teacher}"])
 
 
 def _comparable(history):
@@ -438,7 +443,8 @@ def test_simkd_checkpoint_is_a_whole_model_for_load_model_and_eval(tiny_teacher,
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["top1"] == summary["best"]["test/top1"]
     assert metrics["nll"] == pytest.approx(summary["best"]["test/nll"], rel=1e-6)  # the same logits, not just the same hits
-    plain = evaluate(model.backbone, Loader(load_data("shapes?n=160&size=16&n_test=40").test, 512, tuple(state["mean"]), tuple(state["std"])))
+    plain = evaluate(model.backbone, Loader(load_data("shapes?n=160&size=16&n_test=40").test, 512, tuple(state["mean"]),
+                                            tuple(state["std"])))
     assert plain["nll"] != pytest.approx(metrics["nll"], rel=1e-3)  # the student's own head predicts differently
     last, _ = load_model(tmp_path / "run" / "last.safetensors")
     assert type(last).__name__ == "ProjectedStudent"

@@ -17,7 +17,8 @@ from distillscope.methods.kd import kd_loss, standardise
 import json
 
 from distillscope.engine import Trainer
-from distillscope.methods.sfkd import kept_count, mask_attention, mask_entries, parse_mask, softened_entropy, softening_temperature, teacher_entropy_sums
+from distillscope.methods.sfkd import (kept_count, mask_attention, mask_entries, parse_mask, softened_entropy, softening_temperature,
+                                       teacher_entropy_sums)
 
 
 def softmax(row):
@@ -287,7 +288,8 @@ def test_feature_masks_reach_feature_methods_and_need_teacher_features():
     with pytest.raises(DistillscopeError, match="mask.features: this method taps no teacher features"):
         create_method("kd", mask={"features": 0.5})(Outputs(torch.randn(2, 10)), Outputs(torch.randn(2, 10)), batch([0, 1]), 0)
     with pytest.raises(DistillscopeError, match="mask.attention: this method taps no 4-D"):
-        create_method("kd", mask={"attention": 0.5})(Outputs(torch.randn(2, 10)), Outputs(torch.randn(2, 10), {"e": torch.randn(2, 8)}), batch([0, 1]), 0)
+        create_method("kd", mask={"attention": 0.5})(Outputs(torch.randn(2, 10)), Outputs(torch.randn(2, 10), {"e": torch.randn(2, 8)}),
+                                                     batch([0, 1]), 0)
 
 
 @pytest.mark.parametrize(
@@ -310,7 +312,8 @@ def test_bad_masks_give_one_line(mask, message):
 
 
 def test_masks_come_from_yaml_overrides_and_are_refused_without_a_teacher():
-    cfg = load_config(None, ["method.name=kd", "teacher.name=resnet8", "teacher.checkpoint=x", "method.mask.logits=0.7", "method.mask.logits_fill=-inf"])
+    cfg = load_config(None, ["method.name=kd", "teacher.name=resnet8", "teacher.checkpoint=x", "method.mask.logits=0.7",
+                             "method.mask.logits_fill=-inf"])
     assert cfg.method["mask"] == {"logits": 0.7, "logits_fill": "-inf"}
     method = create_method("kd", **{k: v for k, v in cfg.method.items() if k != "name"})
     assert (method.mask.logits, method.mask.logits_fill, method.mask.rank) == (0.7, -math.inf, "value")
@@ -364,7 +367,8 @@ def test_teacher_entropy_sums_mask_each_teacher_and_average_over_teachers():
 
 @pytest.mark.parametrize("T", [1.0, 4.0])
 def test_proposition_1_direction_fill_zero_raises_the_entropy_of_negative_dropped_logits_and_minus_inf_lowers_it(T):
-    z = torch.tensor([[6.0, 3.0, 1.0, -2.0, -3.0, -5.0, -6.0, -8.0, -9.0, -12.0], [2.0, 1.5, 0.5, -0.5, -1.0, -1.0, -2.0, -3.0, -3.5, -4.0]])
+    z = torch.tensor([[6.0, 3.0, 1.0, -2.0, -3.0, -5.0, -6.0, -8.0, -9.0, -12.0],
+                      [2.0, 1.5, 0.5, -0.5, -1.0, -1.0, -2.0, -3.0, -3.5, -4.0]])
     zero, minus_inf = parse_mask({"logits": 0.3}), parse_mask({"logits": 0.3, "logits_fill": "-inf"})
     before = softened_entropy(z, T)
     raised, lowered = softened_entropy(zero.mask_logits(z), T), softened_entropy(minus_inf.mask_logits(z), T)
@@ -404,7 +408,8 @@ def rows_of(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_masked_run_records_the_teacher_entropy_per_epoch_and_in_its_summary_and_an_unmasked_run_does_not(tiny_teacher, tmp_path, capsys, interrupt_at):
+def test_masked_run_records_the_teacher_entropy_per_epoch_and_in_its_summary_and_an_unmasked_run_does_not(tiny_teacher, tmp_path, capsys,
+                                                                                                           interrupt_at):
     teacher = ["method.name=kd", "method.T=4", "teacher.name=resnet8", f"teacher.checkpoint={tiny_teacher}"]
     masked = load_config(None, TINY + teacher + ["method.mask.logits=0.5", "method.mask.logits_fill=-inf", "run.teacher_cache=off"])
     trainer = Trainer(masked, tmp_path / "masked")
@@ -423,7 +428,8 @@ def test_masked_run_records_the_teacher_entropy_per_epoch_and_in_its_summary_and
         assert row["train/teacher_entropy"] == pytest.approx(before / count, rel=1e-5)
         assert row["train/teacher_entropy_masked"] == pytest.approx(after / count, rel=1e-5)
     last = rows[-1]
-    expected = {"T": 4.0, "fill": "-inf", "K": 0.5, "teachers": 1, "unmasked": last["train/teacher_entropy"], "masked": last["train/teacher_entropy_masked"]}
+    expected = {"T": 4.0, "fill": "-inf", "K": 0.5, "teachers": 1, "unmasked": last["train/teacher_entropy"],
+                "masked": last["train/teacher_entropy_masked"]}
     assert summary["teacher_entropy"] == expected
     assert json.loads((tmp_path / "masked" / "summary.json").read_text())["teacher_entropy"] == summary["teacher_entropy"]
     assert "train/teacher_entropy,train/teacher_entropy_masked" in (tmp_path / "masked" / "metrics.csv").read_text().splitlines()[0]
@@ -437,12 +443,14 @@ def test_masked_run_records_the_teacher_entropy_per_epoch_and_in_its_summary_and
     assert "teacher_entropy" not in plain and "teacher_entropy" not in json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert not any("entropy" in key for row in rows_of(tmp_path / "plain") for key in row)
     assert "entropy" not in (tmp_path / "plain" / "metrics.csv").read_text()
-    keep_all = Trainer(load_config(None, TINY + teacher + ["method.mask.logits=1.0"]), tmp_path / "keep_all").fit()  # K = 1 (teacher cache on)
+    # K = 1 (teacher cache on)
+    keep_all = Trainer(load_config(None, TINY + teacher + ["method.mask.logits=1.0"]), tmp_path / "keep_all").fit()
     assert "(mask leaves it)" in capsys.readouterr().out
     recorded = rows_of(tmp_path / "keep_all")
     for with_entropy, without in zip(recorded, rows_of(tmp_path / "plain")):  # recording it changes no other number
         assert with_entropy["train/teacher_entropy"] == with_entropy["train/teacher_entropy_masked"] > 0
-        assert {k: v for k, v in with_entropy.items() if "entropy" not in k and k != "img_per_s"} == {k: v for k, v in without.items() if k != "img_per_s"}
+        assert ({k: v for k, v in with_entropy.items() if "entropy" not in k and k != "img_per_s"}
+                == {k: v for k, v in without.items() if k != "img_per_s"})
     assert keep_all["teacher_entropy"]["fill"] == "0"
 
 
@@ -457,9 +465,11 @@ def test_cuda_graph_replays_record_the_same_teacher_entropy_as_eager_steps(tiny_
     eager = Trainer(load_config(None, overrides), tmp_path / "eager").fit()
     trainer = Trainer(load_config(None, overrides + ["run.cuda_graph=true"]), tmp_path / "graphed")
     graphed = trainer.fit()
-    assert trainer.graphed.graph is not None and trainer.graphed.epoch == 0  # 8 steps: 3 eager, then 5 replays (the first right after the capture)
+    # 8 steps: 3 eager, then 5 replays (the first right after the capture)
+    assert trainer.graphed.graph is not None and trainer.graphed.epoch == 0
     for a, b in zip(rows_of(tmp_path / "eager"), rows_of(tmp_path / "graphed")):
         for key in ("train/teacher_entropy", "train/teacher_entropy_masked"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert graphed["teacher_entropy"]["unmasked"] == pytest.approx(eager["teacher_entropy"]["unmasked"], rel=1e-5)
-    assert math.isfinite(graphed["teacher_entropy"]["masked"]) and graphed["teacher_entropy"]["masked"] != graphed["teacher_entropy"]["unmasked"]
+    assert (math.isfinite(graphed["teacher_entropy"]["masked"])
+            and graphed["teacher_entropy"]["masked"] != graphed["teacher_entropy"]["unmasked"])

@@ -255,7 +255,8 @@ def test_strong_recipe_trains_and_resumes_exactly(teacher_dir, tmp_path, interru
     resumed = Trainer(cfg, tmp_path / "cut", resume=True).fit()
 
     def rows(run):
-        return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
     assert rows("cut") == rows("full")
     assert resumed["last"]["train/loss"] == reference["last"]["train/loss"]

@@ -44,7 +44,8 @@ def test_mtkd_averages_softened_distributions_of_each_masked_teacher():
     t1 = torch.tensor([[3.0, 1.0, -1.0, 0.5], [0.2, 2.0, 1.0, -0.5]])
     t2 = torch.tensor([[-1.0, 2.5, 0.0, 1.0], [1.5, -1.0, 0.5, 2.0]])
     T, K = 2.0, 0.5  # mask keeps ceil(0.5 * 4) = 2 largest logits per teacher; the rest become 0 (logits_fill 0)
-    loss = create_method("mtkd", T=T, kd_weight=1.0, ce_weight=0.0, mask={"logits": K})(Outputs(s), [Outputs(t1), Outputs(t2)], _batch([0, 1]), 0)["kd"]
+    loss = create_method("mtkd", T=T, kd_weight=1.0, ce_weight=0.0, mask={"logits": K})(Outputs(s), [Outputs(t1), Outputs(t2)],
+                                                                                        _batch([0, 1]), 0)["kd"]
     expected = 0.0
     for i in range(2):
         masked = []
@@ -169,13 +170,15 @@ def _comparable(row):
 def test_trainer_with_two_identical_teachers_matches_single_teacher_kd(tmp_path, tiny_overrides, teacher_dir):
     folder, teacher_summary = teacher_dir
     base = tiny_overrides + ["epochs=1", "run.precision=fp32", "run.teacher_cache=off"]
-    single = Trainer(load_config(None, base + ["method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={folder}"]), tmp_path / "kd").fit()
+    single = Trainer(load_config(None, base + ["method.name=kd", "teacher.name=resnet8", f"teacher.checkpoint={folder}"]),
+                     tmp_path / "kd").fit()
     teachers = f"teachers=[{{name: resnet8, checkpoint: '{folder}'}}, {{name: resnet8, checkpoint: '{folder}'}}]"
     multi = Trainer(load_config(None, base + ["method.name=mtkd", teachers]), tmp_path / "mtkd").fit()
     assert _comparable(multi["last"]) == pytest.approx(_comparable(single["last"]), rel=1e-5)
     assert multi["ensemble_test_top1"] == pytest.approx(teacher_summary["last"]["test/top1"])
     assert "ensemble_test_top1" not in single
-    cached = Trainer(load_config(None, base + ["method.name=mtkd", teachers, f"run.teacher_cache={tmp_path / 'cache'}"]), tmp_path / "cached")
+    cached = Trainer(load_config(None, base + ["method.name=mtkd", teachers, f"run.teacher_cache={tmp_path / 'cache'}"]),
+                     tmp_path / "cached")
     assert [c.folder for c in cached.teacher_caches] == [cached.teacher_caches[0].folder] * 2  # one per teacher, keyed by weights
 
 
@@ -219,7 +222,8 @@ def test_aekd_f_feature_weights_loss_and_gradient_match_a_hand_computation(cap):
     method = _aekd_f(f.shape, t1.shape, C=cap, hint_weight=10.0)
     method.regressors = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
     logits = torch.zeros(3, 4)
-    hint = method(Outputs(logits, {"hint": f}), [Outputs(logits, {"hint": t1}), Outputs(logits, {"hint": t2})], _batch([0, 1, 2]), 0)["hint"]
+    hint = method(Outputs(logits, {"hint": f}), [Outputs(logits, {"hint": t1}), Outputs(logits, {"hint": t2})],
+                  _batch([0, 1, 2]), 0)["hint"]
 
     alpha = _feature_weights_by_hand(f, [t1, t2], cap)
     assert method.last_feature_weights.tolist() == pytest.approx(alpha, abs=1e-4)
@@ -284,7 +288,8 @@ def test_aekd_f_regressors_follow_the_grids_and_refuse_what_they_cannot_map():
 def test_aekd_f_run_sends_gradients_to_student_and_regressors_never_to_teachers(tmp_path, tiny_overrides, teacher_dir, cache):
     folder, _ = teacher_dir
     teachers = f"teachers=[{{name: resnet8, checkpoint: '{folder}'}}, {{name: resnet8, checkpoint: '{folder}'}}]"
-    trainer = Trainer(load_config(None, tiny_overrides + ["method.name=aekd_f", teachers, "run.precision=fp32", f"run.teacher_cache={cache}"]), tmp_path / "run")
+    trainer = Trainer(load_config(None, tiny_overrides + ["method.name=aekd_f", teachers, "run.precision=fp32",
+                                                          f"run.teacher_cache={cache}"]), tmp_path / "run")
     assert len(trainer.method.regressors) == 2 and len(trainer.teacher_caches) == {"off": 0, "auto": 2}[cache]
     batch = next(trainer.train_loader.epoch(0))
     trainer.student.train()

@@ -47,7 +47,8 @@ def fake_packages(monkeypatch):
     calls = []
     models = types.ModuleType("torchvision.models")
     models.list_models = lambda: ["tinynet", "tinynet_wide"]
-    models.get_model = lambda name, **kw: calls.append(("torchvision", name, kw)) or TinyNet(kw["num_classes"], 8 if name == "tinynet" else 16)
+    models.get_model = lambda name, **kw: (calls.append(("torchvision", name, kw))
+                                           or TinyNet(kw["num_classes"], 8 if name == "tinynet" else 16))
     torchvision = types.ModuleType("torchvision")
     torchvision.models = models
     timm = types.ModuleType("timm")
@@ -86,7 +87,8 @@ def test_missing_packages_give_one_line_naming_the_extra(monkeypatch):
 
 def test_a_torchvision_model_trains_saves_and_reloads_for_eval(tmp_path, tiny_overrides, fake_packages, capsys):
     run = tmp_path / "run"
-    assert main(["train", *sum((["--set", o] for o in tiny_overrides + ["epochs=1", "student.name=torchvision:tinynet"]), []), "--out", str(run)]) == 0
+    assert main(["train", *sum((["--set", o] for o in tiny_overrides + ["epochs=1", "student.name=torchvision:tinynet"]), []),
+                 "--out", str(run)]) == 0
     model, state = load_model(run)
     assert state["model"] == "torchvision:tinynet" and isinstance(model, TinyNet) and model.fc.out_features == 10
     spec = dict(o.split("=", 1) for o in tiny_overrides)["data.spec"]
@@ -151,7 +153,8 @@ def test_key_mismatches_are_listed_in_one_error_with_counts(tmp_path):
 
     renamed = {f"backbone.{k}": v for k, v in resnet8.items()}
     save_file(renamed, str(tmp_path / "renamed.safetensors"))
-    with pytest.raises(DistillscopeError, match=rf"{len(resnet8)} missing \(conv1.weight, .*{len(resnet8)} unexpected \(backbone.bn1.bias.*Every missing key is in the file with the prefix 'backbone.'"):
+    with pytest.raises(DistillscopeError, match=rf"{len(resnet8)} missing \(conv1.weight, .*{len(resnet8)} unexpected \(backbone.bn1.bias.*"
+                                                r"Every missing key is in the file with the prefix 'backbone.'"):
         load_weights(create_model("resnet8", num_classes=10), tmp_path / "renamed.safetensors")
     save_file(create_model("resnet8x4", num_classes=10).state_dict(), str(tmp_path / "other.safetensors"))
     with pytest.raises(DistillscopeError, match="key names differ|another shape"):
@@ -186,7 +189,8 @@ def test_student_starts_from_a_pth_and_the_teacher_loads_a_plain_file(tmp_path, 
     trainer = Trainer(cfg, tmp_path / "kd")
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in trainer.teacher.state_dict().items())
     assert torch.equal(trainer.student.conv1.weight, student.conv1.weight) and trainer.student.fc.out_features == 10
-    wrong = load_config(None, tiny_overrides + ["method.name=kd", "teacher.name=resnet20", f"teacher.checkpoint={tmp_path / 'teacher.pth'}"])
+    wrong = load_config(None, tiny_overrides + ["method.name=kd", "teacher.name=resnet20",
+                                                f"teacher.checkpoint={tmp_path / 'teacher.pth'}"])
     with pytest.raises(DistillscopeError, match="do not fit model 'resnet20': .* missing"):
         Trainer(wrong, tmp_path / "wrong")
     assert not (tmp_path / "wrong").exists()
@@ -242,8 +246,8 @@ def test_import_flag_registers_a_users_model_for_train_and_eval(tmp_path, tiny_o
 def test_import_flag_errors_are_one_line(tmp_path, capsys):
     broken = tmp_path / "broken.py"
     broken.write_text("import nonexistent_package_xyz\n")
-    for target, message in (("no_such_module_xyz", "No module named 'no_such_module_xyz'"), (str(broken), "No module named 'nonexistent_package_xyz'"),
-                            (str(tmp_path / "absent.py"), "FileNotFoundError")):
+    for target, message in (("no_such_module_xyz", "No module named 'no_such_module_xyz'"),
+                            (str(broken), "No module named 'nonexistent_package_xyz'"), (str(tmp_path / "absent.py"), "FileNotFoundError")):
         assert main(["--import", target, "list", "models"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--import {target}: it does not import" in err and message in err
@@ -290,7 +294,8 @@ def test_imagenet_resnet18_trains_at_224_on_a_streamed_folder(tmp_path, tiny_ove
         for c in ("a", "b"):
             (tmp_path / "data" / split / c).mkdir(parents=True)
             for i in range(count):
-                Image.fromarray((torch.rand(180 + 40 * i, 260, 3, generator=gen) * 255).byte().numpy()).save(tmp_path / "data" / split / c / f"{i}.jpg")
+                Image.fromarray((torch.rand(180 + 40 * i, 260, 3, generator=gen) * 255).byte().numpy()).save(
+                    tmp_path / "data" / split / c / f"{i}.jpg")
     cfg = load_config(None, tiny_overrides + [
         "epochs=1", f"data.spec=folder:{tmp_path / 'data'}?size=224&crop=0.875&memory=0", "data.augment=random_resized_crop",
         "data.val_fraction=0", "data.batch_size=2", "student.name=resnet18_imagenet",

@@ -4,7 +4,9 @@ import base64
 import io
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from distillscope.errors import DistillscopeError
 from distillscope.report.html import ReportSettings, build_report, write_demo_report
 
 DATA = "shapes?n=160&size=16&n_test=40"
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")  # Debian's package (.ci/run installs it)
 SMALL = {"tsne_points": 30, "cka_images": 30, "progress": False, "device": "cpu", "batch_size": 16}
 ANALYSES = {  # the merged analyses at toy sizes
     "explain": {"labels": "onehot", "batch_size": 8, "grid_images": 3, "road_fraction": None},
@@ -60,7 +62,8 @@ def test_numbers_match_independent_evaluations(runs, report):
     teacher, targets = eval_logits(runs / "teacher")
     student, _ = eval_logits(runs / "kd0")
     calibration = record["sections"]["calibration"]["numbers"]["per_run"]
-    assert calibration["KD s0"]["top1"] == pytest.approx(100 * sum(int(a == t) for a, t in zip(student.argmax(1).tolist(), targets.tolist())) / 40)
+    assert calibration["KD s0"]["top1"] == pytest.approx(
+        100 * sum(int(a == t) for a, t in zip(student.argmax(1).tolist(), targets.tolist())) / 40)
     same = sum(int(a == b) for a, b in zip(student.argmax(1).tolist(), teacher.argmax(1).tolist()))
     agreement = record["sections"]["agreement"]["numbers"]["per_run"]
     assert agreement["KD s0"]["agreement"] == pytest.approx(100 * same / 40)
@@ -131,7 +134,8 @@ def test_page_is_self_contained_and_states_its_basis(report):
 
 def test_a_teacher_group_holding_the_reference_teacher_is_compared_without_it(runs, tmp_path):
     groups = {"kd": [str(runs / "kd0")], "teacher": [str(runs / "teacher"), str(runs / "base")]}  # base stands in for a 2nd teacher seed
-    result = build_report(ReportSettings(out=str(tmp_path / "t"), teacher=str(runs / "teacher"), groups=groups, only=["agreement", "weights"], **SMALL))
+    result = build_report(ReportSettings(out=str(tmp_path / "t"), teacher=str(runs / "teacher"), groups=groups,
+                                         only=["agreement", "weights"], **SMALL))
     record = json.loads(result["json"].read_text())
     assert set(record["sections"]["weights"]["numbers"]["l1_per_run"]) == {"kd s0", "teacher s1"}
     assert set(record["sections"]["agreement"]["numbers"]["per_group"]) == {"kd", "teacher"}
@@ -180,9 +184,12 @@ def test_write_demo_report(runs, tmp_path):
 
 
 def chromium(page: Path, *flags: str) -> subprocess.CompletedProcess:
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--enable-logging=stderr", "--v=0",
-               "--virtual-time-budget=5000", *flags, page.resolve().as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    """Headless Chromium as root in a sandbox without network: no sandbox, GPU, updates, sync or first-run, a fresh profile."""
+    with tempfile.TemporaryDirectory() as profile:
+        command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                   "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                   "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", *flags, page.resolve().as_uri()]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 def page_check(page: Path) -> tuple[str, list[str]]:
@@ -193,7 +200,7 @@ def page_check(page: Path) -> tuple[str, list[str]]:
     return body.group(0) if body else "", console
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium here (Debian: apt-get install chromium)")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
 def test_page_in_a_real_browser(report, tmp_path):
     result, _, page = report
     body, console = page_check(result["html"])

@@ -78,6 +78,7 @@ def test_write_rewrites_only_the_marked_tables(tmp_path, capsys):
     capsys.readouterr()
     assert results_tables.main(["--list", "--docs", str(docs)]) == 0
     listed = capsys.readouterr().out
-    line = {command: after[:after.index(f"<!-- table: {command}")].count("\n") + 1 for command in ("distillscope table records/sweep", "python table.py")}
+    line = {command: after[:after.index(f"<!-- table: {command}")].count("\n") + 1
+            for command in ("distillscope table records/sweep", "python table.py")}
     assert all(f":{n}: {command}" in listed for command, n in line.items())
     assert listed.split("no marker")[1].count("under '# Toy'") == 1  # the unmarked table; not the fenced one

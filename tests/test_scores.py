@@ -63,7 +63,8 @@ def test_pool_by_hand():
 
 def nets():
     torch.manual_seed(0)
-    make = lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).double()  # noqa: E731
+    make = lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),  # noqa: E731
+                                 nn.Flatten(), nn.Linear(4 * 36, 3)).double()
     return make(), make()
 
 
@@ -74,7 +75,8 @@ def test_runner_wiring_clean_and_own_perturbation():
     targets = torch.arange(12) % 3
     emb = LabelEmbeddings(torch.randn(3, 5, generator=gen), list("abc"), "test")
     perturb = lambda x, maps: x * (maps[:, None] > 0.5)  # noqa: E731 (a stand-in for ROAD: keep the salient half)
-    out = feature_scores(student, {"teacher": reference}, {"l2": "3"}, images, targets, emb, perturb=perturb, batch_size=12, seed=0, progress=False)
+    out = feature_scores(student, {"teacher": reference}, {"l2": "3"}, images, targets, emb, perturb=perturb, batch_size=12, seed=0,
+                         progress=False)
     rows = {(r["condition"], r["statistic"]): r for r in out["rows"]}
     assert len(rows) == 2 * len(STATISTICS) and out["estimator"] == "unbiased" and out["batch_size"] == 12
 
@@ -99,7 +101,8 @@ def test_self_reference_and_skipped_batches():
     images = torch.randn(10, 3, 6, 6, dtype=torch.float64)
     targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
     emb = LabelEmbeddings(torch.eye(3), list("abc"), "onehot")
-    out = feature_scores(student, {"self": student, "other": other}, ["1"], images, targets, emb, estimator="biased", batch_size=4, seed=3, progress=False)
+    out = feature_scores(student, {"self": student, "other": other}, ["1"], images, targets, emb, estimator="biased", batch_size=4, seed=3,
+                         progress=False)
     both = {(r["reference"], r["statistic"]): r for r in out["rows"]}
     assert len(both) == 2 * len(STATISTICS) and both["self", "rs_student"] == {**both["other", "rs_student"], "reference": "self"}
     assert both["other", "fss"]["mean"] < 1

@@ -9,7 +9,7 @@ from sklearn.metrics import confusion_matrix
 
 from distillscope.config import load_config
 from distillscope.data import ArrayDataset, Batch, Loader, apply_augmentation, normalize
-from distillscope.engine import Trainer, collect_logits
+from distillscope.engine import Trainer
 from distillscope.errors import DistillscopeError
 from distillscope.methods import Outputs, TrainingInfo, create_method
 from distillscope.methods.cd import ConfusionDistillation, confusion_ratio
@@ -367,10 +367,13 @@ def test_cost_benchmark_smoke(tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n")
-    args = ["--quick", "--threads", "1", "--data", "shapes?n=160&size=16&n_test=32", "--set", "student.name=resnet8", "--set", "data.val_fraction=0.2", "--out", str(out)]
+    args = ["--quick", "--threads", "1", "--data", "shapes?n=160&size=16&n_test=32", "--set", "student.name=resnet8",
+            "--set", "data.val_fraction=0.2", "--out", str(out)]
     text = bench.main(args)
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line and "method" not in line}
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line and "method" not in line}
     assert list(rows) == list(bench.CASES)
     assert all(float(x) >= 0 for r in rows.values() for x in r)
-    assert float(rows["ce"][-1]) == 1.0 and float(rows["cd, Q from train"][2]) > 0 and float(rows["cd, Q from val"][2]) < float(rows["cd, Q from train"][2])
+    assert (float(rows["ce"][-1]) == 1.0 and float(rows["cd, Q from train"][2]) > 0
+            and float(rows["cd, Q from val"][2]) < float(rows["cd, Q from train"][2]))
     assert out.read_text().startswith("# Benchmarks\n") and bench.START in out.read_text()

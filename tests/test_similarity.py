@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from distillscope.analysis.features import read_features
 from distillscope.analysis.similarity import (
-    agreement, cka_matrix, classifier_weights, collect_features, correlation_difference, gram, kl_to_teacher, layer_grams,
-    linear_cka, stage_taps, subsample, tsne_2d, weight_correlation,
+    agreement, cka_matrix, classifier_weights, correlation_difference, gram, kl_to_teacher, layer_grams,
+    stage_taps, subsample, tsne_2d, weight_correlation,
 )
 from distillscope.errors import DistillscopeError
 from distillscope.models import create_model
@@ -32,6 +33,10 @@ def test_agreement_and_kl_by_hand():
     assert kl_to_teacher(a, a) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(DistillscopeError, match="differ in shape"):
         agreement(a, b[:3])
+
+
+def linear_cka(x, y):
+    return cka_matrix({"x": gram(x)}, {"y": gram(y)})[0, 0]
 
 
 def test_cka_matches_numpy_and_its_invariances():
@@ -69,8 +74,8 @@ def test_features_and_grams_are_the_same_in_chunks():
     images = torch.randn(10, 3, 16, 16)
     taps = stage_taps(model)
     assert list(taps) == ["stage:0", "stage:1", "stage:2", "embedding"]
-    whole = collect_features(model, taps, images, batch_size=10)
-    chunked = collect_features(model, taps, images, batch_size=3)
+    whole = {name: f.flatten(1) for name, f in read_features(model, images, taps, batch_size=10).items()}
+    chunked = {name: f.flatten(1) for name, f in read_features(model, images, taps, batch_size=3, cpu=True).items()}
     with torch.no_grad():
         pooled = model(images)  # the embedding is the classifier input: fc(embedding) gives the logits
     assert torch.allclose(model.fc(whole["embedding"]), pooled, atol=1e-5)
@@ -83,6 +88,17 @@ def test_features_and_grams_are_the_same_in_chunks():
     assert list(one_tap_per_pass) == list(taps)
     for name in taps:
         assert torch.allclose(one_tap_per_pass[name], grams[name], rtol=1e-5, atol=1e-4)
+
+
+def test_read_features_restores_the_mode_and_reads_logits():
+    model = create_model("resnet8", num_classes=5).train()
+    images = torch.randn(6, 3, 16, 16)
+    out = read_features(model, images, ["embedding"], batch_size=4, logits=True)
+    assert model.training  # eval while reading, train again after
+    with torch.no_grad():
+        expected = model.eval()(images)
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    assert out["embedding"].shape == (6, model.fc.in_features)
 
 
 def test_classifier_weight_correlation_and_l1_by_hand():

@@ -50,7 +50,8 @@ def wait_for(condition, what: str, seconds: float = 180):
 
 
 # ------------------------------------------------------------------------------ arithmetic and parsing
-@pytest.mark.parametrize("workers, cores, threads, expected", [(1, 16, None, 16), (2, 2, None, 1), (3, 8, None, 2), (4, 2, None, 1), (2, 8, 3, 3)])
+@pytest.mark.parametrize("workers, cores, threads, expected",
+                         [(1, 16, None, 16), (2, 2, None, 1), (3, 8, None, 2), (4, 2, None, 1), (2, 8, 3, 3)])
 def test_threads_per_run(workers, cores, threads, expected):
     assert split_threads(workers, cores, threads) == expected
 
@@ -78,7 +79,8 @@ def test_seeds_and_grid_values():
 def test_grid_expands_to_one_named_run_per_config_point_and_seed(tmp_path):
     ce, kd = recipe(tmp_path, "ce"), recipe(tmp_path, "kd", **KD)
     out = tmp_path / "sweep"
-    runs = plan_sweep([ce, kd], "0,1", ["optim.lr=0.1,0.2", "kd:method.T=2,4"], [f"kd:teacher.checkpoint={out}/ce-lr={{lr}}-s{{seed}}"], out)
+    runs = plan_sweep([ce, kd], "0,1", ["optim.lr=0.1,0.2", "kd:method.T=2,4"], [f"kd:teacher.checkpoint={out}/ce-lr={{lr}}-s{{seed}}"],
+                      out)
     expected = [f"ce-lr={lr}-s{s}" for lr in ("0.1", "0.2") for s in (0, 1)]
     expected += [f"kd-lr={lr}-T={t}-s{s}" for lr in ("0.1", "0.2") for t in (2, 4) for s in (0, 1)]
     assert [r.name for r in runs] == expected
@@ -89,7 +91,8 @@ def test_grid_expands_to_one_named_run_per_config_point_and_seed(tmp_path):
     assert all(not r.depends_on for r in runs[:4]) and all(r.state == "new" for r in runs)
     config = load_config(run.config, run.overrides)
     assert (config.seed, config.optim.lr, config.method["T"], config.teacher.checkpoint) == (1, 0.2, 4, f"{out}/ce-lr=0.2-s1")
-    as_dicts = plan_sweep([ce, kd], [0, 1], {"optim.lr": [0.1, 0.2], "kd:method.T": [2, 4]}, {"kd:teacher.checkpoint": f"{out}/ce-lr={{lr}}-s{{seed}}"}, out)
+    as_dicts = plan_sweep([ce, kd], [0, 1], {"optim.lr": [0.1, 0.2], "kd:method.T": [2, 4]},
+                          {"kd:teacher.checkpoint": f"{out}/ce-lr={{lr}}-s{{seed}}"}, out)
     assert [r.name for r in as_dicts] == expected
 
 
@@ -138,7 +141,8 @@ def test_existing_folders_are_skipped_resumed_or_refused(tmp_path):
     runs = plan_sweep([ce], "0-2", out=out)
     assert [r.state for r in runs] == ["finished", "resume", "new"]
     assert runs[1].command(2)[4:] == ["--resume", "--out", str(out / "ce-s1"), "--set", "run.threads=2", "--set", "run.progress=false"]
-    assert runs[2].command(2)[4:] == [str(ce), "--set", "seed=2", "--set", "run.threads=2", "--set", "run.progress=false", "--out", str(out / "ce-s2")]
+    assert runs[2].command(2)[4:] == [str(ce), "--set", "seed=2", "--set", "run.threads=2", "--set", "run.progress=false",
+                                      "--out", str(out / "ce-s2")]
     with pytest.raises(DistillscopeError, match=r"ce-s0' holds a run with a different config \(optim.lr\)"):
         plan_sweep([ce], "0-2", sets=["optim.lr=0.2"], out=out)
 
@@ -169,7 +173,8 @@ def test_a_student_waits_for_its_teacher_and_a_rerun_skips_finished_runs(tmp_pat
 
     run_sweep([student, teacher], echo=again.append, baseline="tiny-t", **args)  # one seed each: no test possible
     table = (out / "table.md").read_text()
-    assert "Δ last vs tiny-t (95% CI)" in table and "| Welch, n=1 vs 1 (1 shared seed) | last: n/a (1 seed on one side, need 2 each);" in table
+    assert ("Δ last vs tiny-t (95% CI)" in table
+            and "| Welch, n=1 vs 1 (1 shared seed) | last: n/a (1 seed on one side, need 2 each);" in table)
     assert ",vs_baseline_last_diff," in (out / "table.csv").read_text()
     run_sweep([student, teacher], echo=again.append, baseline="tiny-x", **args)  # the table is still written
     assert "warning: --baseline 'tiny-x' matches no row" in again[-2] and "Δ last" not in (out / "table.md").read_text()
@@ -228,7 +233,8 @@ def fake_run(root: Path, folder: str, name: str, seed: int, test_best: float, te
         "name": name, "student": "resnet8", "method": "kd" if teacher else "ce", "epochs": 30, "seed": seed,
         "best": {"epoch": 20 + seed, "test/top1": test_best, "val/top1": val_best}, "last": {"epoch": 30, "test/top1": test_last},
     }
-    config = {"name": name, "seed": seed, "optim": {"lr": lr}, "run": {"threads": threads, "precision": "auto"}, "teacher": {"checkpoint": teacher}}
+    config = {"name": name, "seed": seed, "optim": {"lr": lr}, "run": {"threads": threads, "precision": "auto"},
+              "teacher": {"checkpoint": teacher}}
     if data is not None:
         config["data"] = data
     if legacy:
@@ -257,7 +263,8 @@ def table_runs(tmp_path):
     """kd at T=2 (best test) and T=4 (best val), seeds 0-2, teacher per seed via a template; a ce row whose
     seeds differ in lr; a hand-run kd row whose teacher differs per seed without a template; a legacy run."""
     root = tmp_path / "runs"
-    numbers = {"2": ([80.0, 81.0, 83.0], [79.0, 80.5, 82.0], [70.0, 71.0, 72.0]), "4": ([78.0, 78.5, 79.5], [77.0, 78.0, 78.5], [74.0, 75.0, 73.0])}
+    numbers = {"2": ([80.0, 81.0, 83.0], [79.0, 80.5, 82.0], [70.0, 71.0, 72.0]),
+               "4": ([78.0, 78.5, 79.5], [77.0, 78.0, 78.5], [74.0, 75.0, 73.0])}
     for t, (best, last, val) in numbers.items():
         for seed in range(3):
             fake_run(root, f"kd-T={t}-s{seed}", "kd", seed, best[seed], last[seed], val[seed], teacher=f"runs/t-s{seed}",
@@ -281,14 +288,16 @@ def test_table_groups_by_config_and_grid_point_and_chooses_on_validation(table_r
     for t, (best, last, val) in numbers.items():
         row = rows["kd", f"method.T={t}"]
         assert row["seeds"] == "0, 1, 2" and row["precision"] == "bf16" and row["epochs"] == "30" and row["best epoch"] == "20, 21, 22"
-        assert (row["test top-1 @ best val (%)"], row["test top-1 @ last (%)"], row["val top-1 @ best (%)"]) == tuple(map(mean_pm_std, (best, last, val)))
+        assert (row["test top-1 @ best val (%)"], row["test top-1 @ last (%)"],
+                row["val top-1 @ best (%)"]) == tuple(map(mean_pm_std, (best, last, val)))
         assert row["notes"] == ""  # threads and the templated teacher differ per seed: not a difference
     assert rows["kd", "method.T=4"]["chosen on val"] == "✓" and rows["kd", "method.T=2"]["chosen on val"] == ""  # T=2 wins on test only
     assert all(rows[key]["chosen on val"] == "" for key in rows if key[0] != "kd")
     assert rows["ce", ""]["notes"] == "⚠ seeds differ in: optim.lr, precision used" and rows["ce", ""]["precision"] == "bf16, fp32"
     assert rows["hand", ""]["notes"] == "⚠ seeds differ in: teacher.checkpoint"
     assert rows["old", ""]["precision"] == "?" and rows["old", ""]["test top-1 @ last (%)"] == "51.00" and rows["old", ""]["notes"] == ""
-    assert "Machine: Test CPU, 2 cores; 6 runs, 1 thread each." in text and "Machine: Test CPU, 2 cores; 2 runs, 3 threads each." in text and "Machine not recorded: 1 run (older summaries)." in text
+    assert ("Machine: Test CPU, 2 cores; 6 runs, 1 thread each." in text and "Machine: Test CPU, 2 cores; 2 runs, 3 threads each." in text
+            and "Machine not recorded: 1 run (older summaries)." in text)
 
 
 def test_grid_points_are_compared_on_the_seeds_they_share(tmp_path):
@@ -305,7 +314,8 @@ def test_grid_points_are_compared_on_the_seeds_they_share(tmp_path):
 def test_table_csv_has_numeric_means_and_stds(table_runs):
     root, numbers = table_runs
     rows = list(csv.DictReader(io.StringIO(format_csv(table_rows(read_summaries(sorted(root.glob("kd-T=*"))))))))
-    assert [(r["grid_point"], r["chosen_on_val"], r["seeds"], r["n"]) for r in rows] == [("method.T=2", "0", "0 1 2", "3"), ("method.T=4", "1", "0 1 2", "3")]
+    assert [(r["grid_point"], r["chosen_on_val"], r["seeds"], r["n"]) for r in rows] == [
+        ("method.T=2", "0", "0 1 2", "3"), ("method.T=4", "1", "0 1 2", "3")]
     for row, (best, last, val) in zip(rows, numbers.values()):
         for column, values in (("test_top1_best_val", best), ("test_top1_last", last), ("val_top1_best", val)):
             assert float(row[f"{column}_mean"]) == pytest.approx(np.mean(values), abs=1e-4)
@@ -315,7 +325,8 @@ def test_table_csv_has_numeric_means_and_stds(table_runs):
 def test_table_shows_minutes_per_run_and_the_teachers_ensemble_where_summaries_have_them(tmp_path):
     seconds, ensemble = [600.0, 660.0, 750.0], [80.0, 81.5, 82.0]
     for seed in range(3):
-        fake_run(tmp_path, f"mt-s{seed}", "mt", seed, 70.0, 71.0, 60.0, extra={"seconds": seconds[seed], "ensemble_test_top1": ensemble[seed]})
+        fake_run(tmp_path, f"mt-s{seed}", "mt", seed, 70.0, 71.0, 60.0,
+                 extra={"seconds": seconds[seed], "ensemble_test_top1": ensemble[seed]})
     fake_run(tmp_path, "ce-s0", "ce", 0, 60.0, 61.0, 50.0, extra={"seconds": None})  # resumed from a checkpoint that predates the count
     fake_run(tmp_path, "kd-s0", "kd", 0, 60.0, 61.0, 50.0, extra={"seconds": 300.0})
     fake_run(tmp_path, "kd-s1", "kd", 1, 60.0, 61.0, 50.0)
@@ -323,7 +334,8 @@ def test_table_shows_minutes_per_run_and_the_teachers_ensemble_where_summaries_h
     cells = {r["run"]: r for r in markdown_rows(format_markdown(rows))}
     assert cells["mt"]["minutes per run"] == f"{np.mean(seconds) / 60:.1f} (10.0–12.5)" and cells["ce"]["minutes per run"] == "n/a"
     assert cells["kd"]["minutes per run"] == "5.0 (1 of 2 runs)"
-    assert cells["mt"]["teachers' ensemble test top-1 (%)"] == mean_pm_std(ensemble) and cells["ce"]["teachers' ensemble test top-1 (%)"] == "n/a"
+    assert (cells["mt"]["teachers' ensemble test top-1 (%)"] == mean_pm_std(ensemble)
+            and cells["ce"]["teachers' ensemble test top-1 (%)"] == "n/a")
     by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(format_csv(rows)))}
     assert float(by_run["mt"]["minutes_per_run_mean"]) == pytest.approx(np.mean(seconds) / 60, abs=1e-4)
     assert float(by_run["mt"]["ensemble_test_top1_std"]) == pytest.approx(np.std(ensemble, ddof=1), abs=1e-4)
@@ -365,7 +377,8 @@ def baseline_runs(tmp_path):
     """ce (seeds 0-2, no teacher); kd on the same data (seeds 0-3); kd on another split, with another teacher,
     and with more epochs (seeds 0-2 each)."""
     data = {"spec": "cifar10:x", "val_fraction": 0.05}
-    last = {"ce": [70.0, 71.0, 70.4], "kd": [72.0, 72.7, 72.5, 71.0], "split": [70.5, 70.2, 71.6], "other": [71.0, 72.0, 71.5], "long": [73.0, 73.5, 73.1]}
+    last = {"ce": [70.0, 71.0, 70.4], "kd": [72.0, 72.7, 72.5, 71.0], "split": [70.5, 70.2, 71.6], "other": [71.0, 72.0, 71.5],
+            "long": [73.0, 73.5, 73.1]}
     best = {name: [v - 0.3 * (i % 2) for i, v in enumerate(values)] for name, values in last.items()}
     for name, values in last.items():
         for seed, value in enumerate(values):
@@ -386,7 +399,8 @@ def test_baseline_pairs_seeds_that_share_data_and_teacher_and_uses_welch_otherwi
     assert cells["split"]["test"] == "Welch, n=3 vs 3 (seed 0: data.val_fraction differs)"
     assert cells["long"]["test"] == "Welch, n=3 vs 3 (seed 0: epochs differs)"
     assert cells["other"]["test"] == "paired, n=3"
-    for name, ref in (("kd", stats.ttest_rel(last["kd"][:3], last["ce"])), ("split", stats.ttest_ind(last["split"], last["ce"], equal_var=False))):
+    for name, ref in (("kd", stats.ttest_rel(last["kd"][:3], last["ce"])),
+                      ("split", stats.ttest_ind(last["split"], last["ce"], equal_var=False))):
         ci = ref.confidence_interval(0.95)
         diff = (ci.low + ci.high) / 2
         assert cells[name]["Δ last vs ce (95% CI)"] == f"{diff:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}], p={ref.pvalue:.3f}"
@@ -394,17 +408,21 @@ def test_baseline_pairs_seeds_that_share_data_and_teacher_and_uses_welch_otherwi
     assert cells["kd"]["Δ best val vs ce (95% CI)"].startswith(f"{np.mean(np.subtract(best['kd'][:3], best['ce'])):+.2f} [")
     verdict = {r["run"]: r["vs baseline"] for r in rows if r["vs baseline"]}
     assert verdict["kd"]["best val"].p == pytest.approx(ref.pvalue)
-    assert cells["kd"]["verdict"] == f"last: above ({verdict['kd']['last'].diff:+.2f}); best val: above ({verdict['kd']['best val'].diff:+.2f})"
+    assert cells["kd"]["verdict"] == (f"last: above ({verdict['kd']['last'].diff:+.2f}); "
+                                      f"best val: above ({verdict['kd']['best val'].diff:+.2f})")
     split = verdict["split"]["last"]
     assert split.ci_low < 0 < split.ci_high
     assert cells["split"]["verdict"].startswith(f"last: no detectable difference at 3 vs 3 seeds (MDE {split.mde:.1f}); best val: ")
     assert "above" not in cells["split"]["verdict"] and "below" not in cells["split"]["verdict"]
 
     by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(format_csv(rows)))}
-    assert by_run["kd"]["baseline"] == "ce" and by_run["kd"]["vs_baseline_last_test"] == "paired" and by_run["kd"]["vs_baseline_last_n"] == "3"
+    assert (by_run["kd"]["baseline"] == "ce" and by_run["kd"]["vs_baseline_last_test"] == "paired"
+            and by_run["kd"]["vs_baseline_last_n"] == "3")
     assert float(by_run["kd"]["vs_baseline_best_val_p"]) == pytest.approx(ref.pvalue, rel=1e-5)
-    assert float(by_run["split"]["vs_baseline_last_df"]) == pytest.approx(stats.ttest_ind(last["split"], last["ce"], equal_var=False).df, abs=1e-3)
-    assert by_run["split"]["vs_baseline_last_test"] == "Welch" and float(by_run["split"]["vs_baseline_last_mde"]) == pytest.approx(split.mde, abs=1e-4)
+    assert float(by_run["split"]["vs_baseline_last_df"]) == pytest.approx(stats.ttest_ind(last["split"], last["ce"], equal_var=False).df,
+                                                                          abs=1e-3)
+    assert (by_run["split"]["vs_baseline_last_test"] == "Welch"
+            and float(by_run["split"]["vs_baseline_last_mde"]) == pytest.approx(split.mde, abs=1e-4))
     assert by_run["ce"]["vs_baseline_last_diff"] == "" and by_run["long"]["vs_baseline_unpaired_because"] == "seed 0: epochs differs"
     assert "vs_baseline_last_diff" not in format_csv(table_rows(read_summaries(sorted(root.iterdir())))).splitlines()[0]
 
@@ -438,7 +456,8 @@ def test_baseline_figure_draws_each_difference_and_its_confidence_interval(basel
     assert len(panels) == 2 and panels[0].get_shared_y_axes().joined(panels[0], panels[1])
     differences = [(y, x, xerr) for ax, y, x, xerr in drawn if ax is panels[1]]
     expected = [(i + offset, d.diff, [[d.diff - d.ci_low], [d.ci_high - d.diff]])
-                for i, row in enumerate(rows) if row["vs baseline"] for offset, d in ((-0.12, row["vs baseline"]["last"]), (0.12, row["vs baseline"]["best val"]))]
+                for i, row in enumerate(rows) if row["vs baseline"]
+                for offset, d in ((-0.12, row["vs baseline"]["last"]), (0.12, row["vs baseline"]["best val"]))]
     assert len(differences) == len(expected) == 8
     for (y, x, xerr), (y_ref, x_ref, xerr_ref) in zip(differences, expected):
         assert y == pytest.approx(y_ref) and x == pytest.approx(x_ref) and np.asarray(xerr) == pytest.approx(np.asarray(xerr_ref))

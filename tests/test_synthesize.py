@@ -87,9 +87,11 @@ def test_two_batches_make_a_folder_dataset_and_a_rerun_skips_finished_batches(tm
 
 
 def test_cli_noise_floor_and_refusals(tmp_path, teacher_dir, capsys):
-    assert main(["synthesize", str(teacher_dir), "--n", "10", "--out", str(tmp_path / "noise"), "--mode", "noise", "--size", "16", "--device", "cpu"]) == 0
+    assert main(["synthesize", str(teacher_dir), "--n", "10", "--out", str(tmp_path / "noise"), "--mode", "noise", "--size", "16",
+                 "--device", "cpu"]) == 0
     printed = capsys.readouterr()
-    assert "folder:" in printed.out and "the teacher's top-1 on the saved images" in printed.out and "warning" not in printed.err  # noise: no class to carry
+    assert ("folder:" in printed.out and "the teacher's top-1 on the saved images" in printed.out
+            and "warning" not in printed.err)  # noise: no class to carry
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert main(["synthesize", str(teacher_dir), "--n", "10", "--out", str(tmp_path / "mine"), "--mode", "noise", "--device", "cpu"]) != 0

@@ -186,8 +186,8 @@ def test_adi_refusals_and_cli(tmp_path, teacher_file, capsys):
     synthesize(teacher_file, tmp_path / "e", _adi(n=4, student_arch=None, student=str(trained), student_steps=0), progress=False)
     kept, _ = load_checkpoint(tmp_path / "e" / "done" / "b0")
     assert torch.equal(kept["model.fc.weight"], weights["fc.weight"])  # 0 KD steps: the run's weights, unchanged
-    args = ["synthesize", str(teacher_file), "--n", "4", "--batch-size", "4", "--steps", "1", "--size", "8", "--device", "cpu", "--mode", "adi",
-            "--student-arch", "resnet8", "--student-steps", "1", "--competition-weight", "5"]
+    args = ["synthesize", str(teacher_file), "--n", "4", "--batch-size", "4", "--steps", "1", "--size", "8", "--device", "cpu",
+            "--mode", "adi", "--student-arch", "resnet8", "--student-steps", "1", "--competition-weight", "5"]
     assert main(args + ["--out", str(tmp_path / "cli")]) == 0
     assert "folder:" in capsys.readouterr().out
     assert (tmp_path / "cli" / "grid.png").is_file() and (tmp_path / "cli" / "done" / "b0").stat().st_size > 0

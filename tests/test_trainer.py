@@ -132,7 +132,8 @@ def test_kd_keeps_the_teacher_frozen(tmp_path, tiny_overrides, teacher_dir):
 
 
 def test_fitnet_trains_its_own_regressor(tmp_path, tiny_overrides, teacher_dir):
-    cfg = load_config(None, tiny_overrides + ["epochs=1", "method.name=fitnet", "teacher.name=resnet14", f"teacher.checkpoint={teacher_dir}"])
+    cfg = load_config(None, tiny_overrides + ["epochs=1", "method.name=fitnet", "teacher.name=resnet14",
+                                              f"teacher.checkpoint={teacher_dir}"])
     trainer = Trainer(cfg, tmp_path / "fitnet")
     before = [p.clone() for p in trainer.method.parameters()]
     assert before, "the regressor should own parameters"
@@ -166,7 +167,8 @@ def test_existing_runs_are_never_overwritten(tmp_path, tiny_overrides):
 
 
 def test_bf16_autocast_and_channels_last_train(tmp_path, tiny_overrides):
-    summary = Trainer(load_config(None, tiny_overrides + ["epochs=1", "run.precision=bf16", "run.channels_last=true", "optim.clip_grad_norm=5"]), tmp_path / "r").fit()
+    summary = Trainer(load_config(None, tiny_overrides + ["epochs=1", "run.precision=bf16", "run.channels_last=true",
+                                                          "optim.clip_grad_norm=5"]), tmp_path / "r").fit()
     assert math.isfinite(summary["last"]["train/loss"])
 
 
@@ -202,7 +204,8 @@ def test_trains_on_an_image_folder_streamed_by_workers(tmp_path, tiny_overrides)
                 pixels = (torch.rand(20, 24, 3, generator=gen) * 128 + 127 * c).byte().numpy()
                 Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
     spec = f"folder:{tmp_path / 'data'}?size=16&memory=0"
-    cfg = load_config(None, tiny_overrides + ["epochs=1", f"data.spec={spec}", "data.num_workers=1", "data.val_fraction=0.25", "data.batch_size=8"])
+    cfg = load_config(None, tiny_overrides + ["epochs=1", f"data.spec={spec}", "data.num_workers=1", "data.val_fraction=0.25",
+                                              "data.batch_size=8"])
     trainer = Trainer(cfg, tmp_path / "run")
     assert trainer.data.classes == ["cat", "dog"] and len(trainer.data.val) == 6 and len(trainer.data.test) == 8
     summary = trainer.fit()

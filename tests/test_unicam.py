@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from distillscope.analysis.embeddings import LabelEmbeddings
-from distillscope.analysis.unicam import UniCAM, batch_rows, distilled_and_residual, unicam_maps, unique_matrix
+from distillscope.analysis.dcor import pairwise_distances, project_out, u_centered
+from distillscope.analysis.unicam import UniCAM, batch_rows, distilled_and_residual, unicam_maps
 from distillscope.errors import DistillscopeError
 from distillscope.models import create_model
 
@@ -23,11 +24,11 @@ def u_centred_by_loops(x):
     return u
 
 
-def test_unique_matrix_is_orthogonal_to_the_base():
+def test_projecting_out_the_base_leaves_a_matrix_orthogonal_to_it():
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(9, 5, generator=gen, dtype=torch.float64)
     x = y @ torch.randn(5, 7, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(9, 7, generator=gen, dtype=torch.float64)
-    p = unique_matrix(x, y).numpy()
+    p = project_out(u_centered(pairwise_distances(x)), u_centered(pairwise_distances(y))).numpy()  # P_Y⊥ X̃ (UniCAM eq. 3)
     x_u, y_u = u_centred_by_loops(x.numpy()), u_centred_by_loops(y.numpy())
     n = 9
     inner = lambda a, b: (a * b).sum() / (n * (n - 3))  # noqa: E731 (diagonals are zero)
@@ -41,7 +42,8 @@ def test_unique_matrix_is_orthogonal_to_the_base():
 
 def small_net(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(64, 3)).double()
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(),
+                         nn.Linear(64, 3)).double()
 
 
 def reference_r2(xf, yf, gf):
@@ -75,7 +77,8 @@ def test_objective_and_map_match_independent_computations():
     feat_x = model_x[:2](images)
     feat_y = model_y[:2](images).detach()
     g = emb.vectors[targets].double()
-    assert result.r2["mid"] == pytest.approx(reference_r2(feat_x.detach().flatten(1).numpy(), feat_y.flatten(1).numpy(), g.numpy()), abs=1e-9)
+    assert result.r2["mid"] == pytest.approx(reference_r2(feat_x.detach().flatten(1).numpy(), feat_y.flatten(1).numpy(), g.numpy()),
+                                             abs=1e-9)
 
     feat_x = feat_x.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(torch_r2_by_formula(feat_x.flatten(1), feat_y.flatten(1), g), feat_x)

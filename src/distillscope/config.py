@@ -42,7 +42,8 @@ class DataConfig:
         self.augment = {True: "pad_crop", False: "none"}.get(self.augment, self.augment)
         (lo, hi), (rlo, rhi) = (_pair(self.crop_scale, "data.crop_scale"), _pair(self.crop_ratio, "data.crop_ratio"))
         if not (0 < lo <= hi <= 1 and 0 < rlo <= rhi):
-            raise DistillscopeError(f"config data.crop_scale {self.crop_scale} must be 0 < a <= b <= 1 and data.crop_ratio {self.crop_ratio} 0 < a <= b")
+            raise DistillscopeError(f"config data.crop_scale {self.crop_scale} must be 0 < a <= b <= 1 and data.crop_ratio "
+                                    f"{self.crop_ratio} 0 < a <= b")
 
 
 def _pair(value: list[float], where: str) -> list[float]:
@@ -90,9 +91,13 @@ class RunConfig:
     teacher_cache: str | bool = "auto"  # auto | off | DIR (engine/cache.py); YAML's bare off/on read as false/true
     teacher_cache_topk: int = 0  # 0: store all logits; k: the top-k plus one shared value for the rest
     teacher_cache_max_gib: float = 4.0  # tapped teacher features are cached too while the whole cache stays within this size
+    # all caches of the root; None: $DISTILLSCOPE_CACHE_BUDGET_GIB, else 8; 0: no budget (engine/cache/budget.py)
+    teacher_cache_budget_gib: float | None = None
     compile: bool = False  # torch.compile student and teacher (in place)
     cuda_graph: bool = False  # replay the whole training step as a CUDA graph (engine/cuda_graph.py)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch (engine/distributed.py)
+    # trackers besides metrics.csv (engine/trackers.py)
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
 
     def __post_init__(self):
         if isinstance(self.teacher_cache, bool):
@@ -100,7 +105,8 @@ class RunConfig:
 
 
 # run keys that change how a run is carried out, not what it trains: a resume may change them, tables and sweeps ignore them
-RUN_ONLY_KEYS = {"progress", "log_every", "device", "threads", "keep_every", "teacher_cache", "teacher_cache_max_gib"}
+RUN_ONLY_KEYS = {"progress", "log_every", "device", "threads", "keep_every", "teacher_cache", "teacher_cache_max_gib",
+                 "teacher_cache_budget_gib", "loggers"}
 
 
 @dataclass
@@ -113,7 +119,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig | None = None
-    teachers: list[ModelConfig] = field(default_factory=list)  # several frozen teachers, for a multi-teacher method (methods/multi_teacher.py)
+    # several frozen teachers, for a multi-teacher method (methods/multi_teacher.py)
+    teachers: list[ModelConfig] = field(default_factory=list)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -205,7 +212,8 @@ def validate(config: Config) -> Config:
         if model is not None and ":" in model.name:
             check_model_name(model.name)
         elif model is not None and model.name not in list_models():
-            raise DistillscopeError(f"config {role}.name: unknown model '{model.name}'; valid: {', '.join(list_models())}, torchvision:NAME, timm:NAME")
+            raise DistillscopeError(f"config {role}.name: unknown model '{model.name}'; "
+                                    f"valid: {', '.join(list_models())}, torchvision:NAME, timm:NAME")
     kind = parse_spec(config.data.spec)[0]
     if kind not in list_datasets():
         raise DistillscopeError(f"config data.spec: unknown dataset '{kind}'; valid: {', '.join(list_datasets())}")
@@ -218,14 +226,16 @@ def validate(config: Config) -> Config:
         if config.teacher is not None:
             raise DistillscopeError("config: give either teacher (one) or teachers (a list), not both")
         if not getattr(method, "multi_teacher", False):
-            raise DistillscopeError(f"config teachers: method '{name}' distils from one teacher; use method mtkd, aekd or aekd_f, or a single teacher section")
+            raise DistillscopeError(f"config teachers: method '{name}' distils from one teacher; "
+                                    "use method mtkd, aekd or aekd_f, or a single teacher section")
         missing = [i for i, t in enumerate(config.teachers) if not t.checkpoint]
         if missing:
             raise DistillscopeError(f"config teachers[{missing[0]}].checkpoint: missing; each teacher needs a run folder or .safetensors")
     elif getattr(method, "multi_teacher", False):
         raise DistillscopeError(f"config: method '{name}' combines several teachers; list them under teachers: [{{name, checkpoint}}, ...]")
     elif method.needs_teacher and (config.teacher is None or not config.teacher.checkpoint):
-        raise DistillscopeError(f"config: method '{name}' needs a teacher; set teacher.name and teacher.checkpoint (a run folder or .safetensors)")
+        raise DistillscopeError(f"config: method '{name}' needs a teacher; "
+                                "set teacher.name and teacher.checkpoint (a run folder or .safetensors)")
     for key in ("epochs",):
         if getattr(config, key) < 1:
             raise DistillscopeError(f"config {key}: must be at least 1")
@@ -269,7 +279,8 @@ def read_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     if not base_path.is_file():
         raise DistillscopeError(f"config file '{path}': its base '{base_path}' does not exist")
     if base_path.resolve() in chain:
-        raise DistillscopeError(f"config file '{path}': base '{base_path}' makes a cycle ({' -> '.join(p.name for p in (*chain, base_path))})")
+        raise DistillscopeError(f"config file '{path}': base '{base_path}' makes a cycle "
+                                f"({' -> '.join(p.name for p in (*chain, base_path))})")
     return merge(read_recipe(base_path, chain), data)
 
 

@@ -44,7 +44,8 @@ def demo_configs(folder: Path, seed: int, epochs: int, n: int, n_test: int, size
     ]
 
 
-def run_demo(out: Path, seeds: list[int] = (0,), epochs: int = 17, n: int = 2000, n_test: int = 1000, size: int = 24, report: bool = True) -> list[dict]:
+def run_demo(out: Path, seeds: list[int] = (0,), epochs: int = 17, n: int = 2000, n_test: int = 1000, size: int = 24,
+             report: bool = True) -> list[dict]:
     """Train the three runs for each seed, print the table and the verdict, then (``report``) write the HTML
     report of the KD student; returns one row per run."""
     out = fresh_folder(Path(out))
@@ -64,7 +65,8 @@ def run_demo(out: Path, seeds: list[int] = (0,), epochs: int = 17, n: int = 2000
 
         print("\nWriting the report of the KD student (calibration, agreement, CKA, CAMs, ...)", flush=True)
         print(f"Report: {write_demo_report(out)}")
-    print(f"Evaluate one again: distillscope eval {out / ('kd_student' if len(seeds) == 1 else f'seed{seeds[0]}/kd_student')} --data '{data_spec(n, n_test, size)}'")
+    print(f"Evaluate one again: distillscope eval {out / ('kd_student' if len(seeds) == 1 else f'seed{seeds[0]}/kd_student')} --data "
+          f"'{data_spec(n, n_test, size)}'")
     return rows
 
 

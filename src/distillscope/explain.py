@@ -5,7 +5,8 @@ stands in when absent, as the UniCAM paper allows for same-architecture pairs) o
 split, it writes into a new folder:
 
 * ``grid.png`` and ``grid_<layer>.png``: images, Grad-CAM (true class) of teacher / student / base and
-  UniCAM distilled / residual, averaged over ``--layers`` and per layer;
+  UniCAM distilled / residual, averaged over ``--layers`` and per layer, on ``--grid-images`` test images drawn
+  with ``--seed``, one per class in turn (:func:`grid_rows`);
 * ``scores.csv`` / ``scores.json``: FSS, RS and the partial RS per layer (``analysis/scores.py``), on clean
   and on each model's own ROAD-LeRF inputs, vs the teacher and vs the base. ROAD ranks the pixels by each
   model's own ``road_cam`` at that layer (softmax of the true class): Grad-CAM by default, as in the paper
@@ -53,6 +54,8 @@ class ExplainSettings:
     estimator: str = "unbiased"
     cam: str = "gradcam"  # the Grad-CAM grids and UniCAM maps
     road_cam: str = "gradcam"  # ranks the pixels ROAD-LeRF removes for the perturbed FSS/RS ("gradcam" or "hirescam")
+    # (B, tokens, C) layers as maps: "auto" (1 class token if tokens-1 is square), N prefix tokens, None: off
+    tokens: str | int | None = "auto"
     batch_size: int = 64
     seed: int = 0
     limit: int | None = None
@@ -71,13 +74,13 @@ def _images_of(dataset, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items]), None
 
 
-def _load_models(settings: ExplainSettings, device: torch.device, num_classes: int) -> tuple[dict, dict]:
+def _load_models(settings: ExplainSettings, device: torch.device, num_classes: int, load=None) -> tuple[dict, dict]:
     models, states = {}, {}
     for role in ("student", "teacher", "base"):
         path = getattr(settings, role)
         if path is None:
             continue
-        models[role], states[role] = load_model(path, device)
+        models[role], states[role] = load(path) if load else load_model(path, device)
         if states[role]["num_classes"] != num_classes:
             raise DistillscopeError(f"--{role} '{path}' has {states[role]['num_classes']} classes but '{settings.data}' has {num_classes}")
     return models, states
@@ -111,8 +114,10 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def run_explain(settings: ExplainSettings) -> dict:
-    """Compute everything and write the output folder (which must not exist yet, or be empty)."""
+def run_explain(settings: ExplainSettings, data=None, load=None) -> dict:
+    """Compute everything and write the output folder (which must not exist yet, or be empty). ``data`` (the loaded
+    ``settings.data``) and ``load`` (``path -> (model, state)`` on the settings' device) let a caller that has them
+    loaded already, such as the report, hand them over instead of reading them again."""
     out = Path(settings.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DistillscopeError(f"--out '{out}' already exists and is not empty; choose a new folder")
@@ -121,8 +126,8 @@ def run_explain(settings: ExplainSettings) -> dict:
             raise DistillscopeError(f"{name} '{getattr(settings, name)}' unknown; valid: {', '.join(CAM_METHODS)}")
     started = time.perf_counter()
     device = pick_device(settings.device)
-    data = load_data(settings.data)
-    models, states = _load_models(settings, device, data.num_classes)
+    data = load_data(settings.data) if data is None else data
+    models, states = _load_models(settings, device, data.num_classes, load)
     notes = []
     mean, std = tuple(states["student"]["mean"]), tuple(states["student"]["std"])
     for role, state in states.items():
@@ -144,7 +149,8 @@ def run_explain(settings: ExplainSettings) -> dict:
     base_role = "base" if "base" in models else "teacher"
     if base_role == "teacher":
         notes.append("no --base given: the teacher is the base of UniCAM (best when it shares the student's architecture)")
-    distilled, residual = distilled_and_residual(models["student"], models[base_role], layers, embeddings, CAM_METHODS[settings.cam])
+    distilled, residual = distilled_and_residual(models["student"], models[base_role], layers, embeddings, CAM_METHODS[settings.cam],
+                                                 settings.tokens)
     unicam = {
         label: unicam_maps(u, images, targets, settings.batch_size, settings.seed, settings.progress, desc=f"UniCAM {label}")
         for label, u in (("distilled", distilled), ("residual", residual))
@@ -153,8 +159,10 @@ def run_explain(settings: ExplainSettings) -> dict:
 
     perturb = _road_lerf(settings.road_fraction, mean, std, settings.seed)
     references = {role: model for role, model in models.items() if role != "student"}
-    score_rows = feature_scores(models["student"], references, layers, images, targets, embeddings, estimator=settings.estimator, perturb=perturb,
-                                cam=settings.road_cam, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)["rows"]
+    score_rows = feature_scores(models["student"], references, layers, images, targets, embeddings, estimator=settings.estimator,
+                                perturb=perturb,
+                                cam=settings.road_cam, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress,
+                                tokens=settings.tokens)["rows"]
 
     all_maps = {f"gradcam_{role}": maps for role, maps in gradcam.items()}
     for label, res in unicam.items():
@@ -162,13 +170,14 @@ def run_explain(settings: ExplainSettings) -> dict:
     loc_rows = [] if masks is None else _localisation(all_maps, masks, unicam["distilled"]["valid"])
 
     out.mkdir(parents=True, exist_ok=True)
-    _save_grids(out, raw, targets.cpu(), data.classes, all_maps, settings.grid_images)
+    shown = grid_rows(targets.cpu(), settings.grid_images, settings.seed)
+    _save_grids(out, raw, targets.cpu(), data.classes, all_maps, shown)
     _write_csv(out / "scores.csv", score_rows)
     (out / "scores.json").write_text(json.dumps(score_rows, indent=1))
     if loc_rows:
         _write_csv(out / "localisation.csv", loc_rows)
         (out / "localisation.json").write_text(json.dumps(loc_rows, indent=1))
-    record = {**asdict(settings), "label_embeddings": embeddings.kind, "unicam_base": base_role, "images": len(images),
+    record = {**asdict(settings), "label_embeddings": embeddings.kind, "unicam_base": base_role, "images": len(images), "grid_rows": shown,
               "unicam_r2": {k: v["r2"] for k, v in unicam.items()}, "notes": notes, "seconds": round(time.perf_counter() - started, 1)}
     (out / "settings.json").write_text(json.dumps(record, indent=1))
     (out / "summary.md").write_text(_summary(record, score_rows, loc_rows))
@@ -179,7 +188,7 @@ def _gradcam_maps(model, images: torch.Tensor, targets: torch.Tensor, layers: di
     """The model's CAM of the true class's logit at each layer (and their mean), batch by batch."""
     maps = {name: [] for name in layers}
     for rows in torch.arange(len(images), device=images.device).split(settings.batch_size):
-        result = CAM_METHODS[settings.cam](model, layers)(images[rows], class_logit(targets[rows]))
+        result = CAM_METHODS[settings.cam](model, layers, tokens=settings.tokens)(images[rows], class_logit(targets[rows]))
         for name in layers:
             maps[name].append(result.layers[name].cpu())
     return _with_mean({name: torch.cat(parts) for name, parts in maps.items()})
@@ -202,27 +211,39 @@ def _with_mean(per_layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return per_layer
 
 
-def _save_grids(out: Path, raw: torch.Tensor, targets: torch.Tensor, classes: list[str], all_maps: dict, count: int) -> None:
+def grid_rows(targets: torch.Tensor, count: int, seed: int) -> list[int]:
+    """Rows of the ``count`` images the grids show: a seeded permutation of the split dealt one image per class in
+    turn (every class once before any twice), so a split ordered by class still shows several classes."""
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed)).tolist()
+    turn, seen = [], {}
+    for row in order:
+        label = int(targets[row])
+        turn.append(seen.get(label, 0))
+        seen[label] = turn[-1] + 1
+    return [row for _, row in sorted(zip(turn, order), key=lambda pair: pair[0])][:count]
+
+
+def _save_grids(out: Path, raw: torch.Tensor, targets: torch.Tensor, classes: list[str], all_maps: dict, rows: list[int]) -> None:
     """``grid.png`` (the mean over layers, or the one layer) and ``grid_<layer>.png`` per layer of several."""
     layers = next(iter(all_maps.values()))
     for layer in layers:
         name = "grid.png" if layer == "mean" or len(layers) == 1 else f"grid_{layer.replace(':', '').replace('/', '_')}.png"
-        plotting.save(_grid(raw, targets, classes, all_maps, layer, count), out / name)
+        plotting.save(_grid(raw, targets, classes, all_maps, layer, rows), out / name)
 
 
-def _grid(raw: torch.Tensor, targets: torch.Tensor, classes: list[str], all_maps: dict, layer: str, count: int):
-    """The first ``count`` images, each with every map set's map at ``layer`` over it (one column per map set)."""
-    count = min(count, len(raw))
+def _grid(raw: torch.Tensor, targets: torch.Tensor, classes: list[str], all_maps: dict, layer: str, rows: list[int]):
+    """The images of ``rows``, each with every map set's map at ``layer`` over it (one column per map set)."""
+    count = len(rows)
     columns = list(all_maps)
     fig, axes = plotting.new_figure(count, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.6 * count), squeeze=False,
                                     constrained_layout=False)
-    for i in range(count):
-        picture = raw[i].permute(1, 2, 0).cpu().numpy()
+    for i, row in enumerate(rows):
+        picture = raw[row].permute(1, 2, 0).cpu().numpy()
         axes[i, 0].imshow(picture)
-        axes[i, 0].set_ylabel(classes[int(targets[i])], fontsize=7)
+        axes[i, 0].set_ylabel(classes[int(targets[row])], fontsize=7)
         for j, name in enumerate(columns, start=1):
             axes[i, j].imshow(picture)
-            axes[i, j].imshow(all_maps[name][layer][i].numpy(), cmap=plotting.HEAT, alpha=0.5, vmin=0, vmax=1)
+            axes[i, j].imshow(all_maps[name][layer][row].numpy(), cmap=plotting.HEAT, alpha=0.5, vmin=0, vmax=1)
     for j, title in enumerate(["image", *columns]):
         axes[0, j].set_title(title.replace("_", "\n"), fontsize=7)
     for ax in axes.flat:
@@ -248,12 +269,15 @@ def _summary(record: dict, score_rows: list[dict], loc_rows: list[dict]) -> str:
     for row in score_rows:
         table.setdefault((row["reference"], row["layer"], row["condition"]), {})[row["statistic"]] = row["pooled"]
     for (ref, layer, cond), stats in table.items():
-        cells = [_fmt(stats.get(s)) for s in ("fss", "rs_student", "rs_reference", "rs_student_given_reference", "rs_reference_given_student")]
+        cells = [_fmt(stats.get(s))
+                 for s in ("fss", "rs_student", "rs_reference", "rs_student_given_reference", "rs_reference_given_student")]
         lines.append(f"| {ref} | {layer} | {cond} | " + " | ".join(cells) + " |")
     if loc_rows:
-        lines += ["", "## Localisation on the object masks", "", "| maps | layer | energy in mask | pointing | mask area (chance) | undefined |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Localisation on the object masks", "",
+                  "| maps | layer | energy in mask | pointing | mask area (chance) | undefined |", "|---|---|---|---|---|---|"]
         for row in loc_rows:
-            lines.append(f"| {row['maps']} | {row['layer']} | {_fmt(row['energy'])} | {_fmt(row['pointing'])} | {_fmt(row['mask_area'])} | {row['undefined']} |")
+            lines.append(f"| {row['maps']} | {row['layer']} | {_fmt(row['energy'])} | {_fmt(row['pointing'])} | "
+                         f"{_fmt(row['mask_area'])} | {row['undefined']} |")
     if record["notes"]:
         lines += ["", "## Notes", "", *[f"- {note}" for note in record["notes"]]]
     return "\n".join(lines) + "\n"

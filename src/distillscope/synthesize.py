@@ -35,11 +35,11 @@ Images are labelled by their target class (balanced: image i of batch b gets cla
 ``DIR/train/<class>/b{batch}_{i}.png``, ``DIR/test/<class>/`` (a copy of the first tenth of each class,
 so that ``folder:DIR`` reads the set; evaluate students on the real test set), ``DIR/grid.png``,
 ``DIR/synthesize.json`` (the settings) and ``DIR/teacher_fit.json`` (the teacher's top-1 and cross-entropy on the
-saved images against their target classes: whether the images carry their class at all). Each batch is written as soon as it is done, with a marker
-``DIR/done/b{batch}``; a re-run with the same settings skips finished batches. In ``adi`` mode the marker is
-itself the student's checkpoint after that batch (weights + SGD momentum, one atomic write; older markers are
-emptied once a newer one exists), so a resumed run continues exactly as an uninterrupted one; the last marker
-is the final student (``load_model`` reads it).
+saved images against their target classes: whether the images carry their class at all). Each batch is written as
+soon as it is done, with a marker ``DIR/done/b{batch}``; a re-run with the same settings skips finished batches.
+In ``adi`` mode the marker is itself the student's checkpoint after that batch (weights + SGD momentum, one
+atomic write; older markers are emptied once a newer one exists), so a resumed run continues exactly as an
+uninterrupted one; the last marker is the final student (``load_model`` reads it).
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import denormalize, normalize
-from .engine.checkpoint import atomic_write, fit_weights, load_checkpoint, optimizer_state, optimizer_tensors, prefixed, unprefixed, write_safetensors
+from .engine.checkpoint import (atomic_write, fit_weights, load_checkpoint, optimizer_state, optimizer_tensors, prefixed, unprefixed,
+                                write_safetensors)
 from .errors import DistillscopeError
 from .methods.kd import kd_loss
 
@@ -118,7 +119,8 @@ class BNStatisticsLoss:
 
     def __enter__(self):
         if not self.layers:
-            raise DistillscopeError("synthesize: the teacher has no BatchNorm2d layers, so DeepInversion has no statistics to match; use --mode deepdream")
+            raise DistillscopeError("synthesize: the teacher has no BatchNorm2d layers, so DeepInversion has no statistics to match; "
+                                    "use --mode deepdream")
         self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
         return self
 
@@ -136,7 +138,8 @@ class BNStatisticsLoss:
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Sum of the L2 norms of the horizontal, vertical and two diagonal neighbour differences of ``x``."""
-    pairs = [(x[:, :, :, :-1], x[:, :, :, 1:]), (x[:, :, :-1, :], x[:, :, 1:, :]), (x[:, :, 1:, :-1], x[:, :, :-1, 1:]), (x[:, :, :-1, :-1], x[:, :, 1:, 1:])]
+    pairs = [(x[:, :, :, :-1], x[:, :, :, 1:]), (x[:, :, :-1, :], x[:, :, 1:, :]), (x[:, :, 1:, :-1], x[:, :, :-1, 1:]),
+             (x[:, :, :-1, :-1], x[:, :, 1:, 1:])]
     return sum(torch.linalg.vector_norm(a - b) for a, b in pairs)
 
 
@@ -208,7 +211,8 @@ def _check_out(out: Path, settings: dict) -> None:
         saved = json.loads(record.read_text())
         if saved != settings:
             changed = [k for k in {**saved, **settings} if saved.get(k) != settings.get(k)]
-            raise DistillscopeError(f"synthesize: '{out}' holds a synthesis with other settings ({', '.join(changed)}); choose another --out or repeat its settings")
+            raise DistillscopeError(f"synthesize: '{out}' holds a synthesis with other settings ({', '.join(changed)}); "
+                                    "choose another --out or repeat its settings")
     elif out.exists() and any(out.iterdir()):
         raise DistillscopeError(f"synthesize: '{out}' exists and is not a synthesis folder; choose another --out")
 
@@ -220,14 +224,16 @@ def _check_settings(s: SynthesisSettings) -> None:
         raise DistillscopeError("synthesize: --n, --batch-size and --steps must be at least 1")
     if s.mode == "adi":
         if (s.student_arch is None) == (s.student is None):
-            raise DistillscopeError("synthesize --mode adi: give the student, either --student-arch NAME (a fresh zoo model) or --student RUN (a trained run folder)")
+            raise DistillscopeError("synthesize --mode adi: give the student, either --student-arch NAME (a fresh zoo model) or --student "
+                                    "RUN (a trained run folder)")
         if s.student_steps < 0 or s.temperature <= 0:
             raise DistillscopeError("synthesize --mode adi: --student-steps must be at least 0 and --temperature positive")
         return
     defaults = {f.name: f.default for f in fields(SynthesisSettings)}
     given = [f"--{k.replace('_', '-')}" for k in ADI_FIELDS if getattr(s, k) != defaults[k]]
     if given:
-        raise DistillscopeError(f"synthesize: {', '.join(given)} only apply to --mode adi (the student's competition); drop them or use --mode adi")
+        raise DistillscopeError(f"synthesize: {', '.join(given)} only apply to --mode adi (the student's competition); "
+                                "drop them or use --mode adi")
 
 
 def _new_student(s: SynthesisSettings, num_classes: int, device) -> tuple[nn.Module, dict]:
@@ -238,7 +244,8 @@ def _new_student(s: SynthesisSettings, num_classes: int, device) -> tuple[nn.Mod
     if s.student is not None:
         student, state = load_model(s.student, device)
         if state["num_classes"] != num_classes:
-            raise DistillscopeError(f"synthesize --student '{s.student}': it has {state['num_classes']} classes and the teacher {num_classes}; give a student of the teacher's data")
+            raise DistillscopeError(f"synthesize --student '{s.student}': it has {state['num_classes']} classes and the teacher "
+                                    f"{num_classes}; give a student of the teacher's data")
         meta = {k: state[k] for k in ("model", "deploy", "config") if k in state}
     else:
         with torch.random.fork_rng(devices=[]):
@@ -255,7 +262,8 @@ def _save_student(path: Path, student: nn.Module, optimizer: torch.optim.Optimiz
 
 def _restore_student(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer, device) -> None:
     if not path.is_file() or path.stat().st_size == 0:
-        raise DistillscopeError(f"synthesize --mode adi: '{path}' holds no student state to resume from (was a later marker removed?); start again in a new --out")
+        raise DistillscopeError(f"synthesize --mode adi: '{path}' holds no student state to resume from (was a later marker removed?); "
+                                "start again in a new --out")
     tensors, _ = load_checkpoint(path, device)
     fit_weights(student, unprefixed("model", tensors), str(path))
     optimizer.load_state_dict({"state": optimizer_state(tensors), "param_groups": optimizer.state_dict()["param_groups"]})
@@ -283,7 +291,8 @@ def synthesize(teacher_path: str | Path, out: str | Path, settings: SynthesisSet
     teacher.eval().requires_grad_(False)
     classes, num_classes = state.get("classes") or [str(i) for i in range(state["num_classes"])], state["num_classes"]
     if s.n < num_classes:
-        raise DistillscopeError(f"synthesize --n {s.n}: give at least one image per class ({num_classes}) so that every class folder exists")
+        raise DistillscopeError(f"synthesize --n {s.n}: give at least one image per class ({num_classes}) so that every class folder "
+                                "exists")
     record = {**s.record(), "teacher": str(teacher_path)}
     _check_out(out, record)
     adi = s.mode == "adi"
@@ -300,7 +309,8 @@ def synthesize(teacher_path: str | Path, out: str | Path, settings: SynthesisSet
     done.mkdir(exist_ok=True)
     finished = [b for b in range(batches) if (done / f"b{b}").exists()]
     if adi and finished != list(range(len(finished))):
-        raise DistillscopeError(f"synthesize --mode adi: '{done}' marks batches {finished}, not a run of batches from 0, so the student cannot be resumed; start again in a new --out")
+        raise DistillscopeError(f"synthesize --mode adi: '{done}' marks batches {finished}, not a run of batches from 0, so the student "
+                                "cannot be resumed; start again in a new --out")
     for b in tqdm(range(batches), desc=f"synthesize ({s.mode})", disable=None if progress else True):
         if b in finished:
             continue
@@ -321,7 +331,8 @@ def synthesize(teacher_path: str | Path, out: str | Path, settings: SynthesisSet
         made = b * s.batch_size + count
         pool[b * s.batch_size: made] = torch.from_numpy(images).permute(0, 3, 1, 2)
         train_student(student, optimizer, teacher, pool[:made], s, generator, state["mean"], state["std"], device)
-        meta = {**student_meta, "num_classes": num_classes, "classes": classes, "mean": list(state["mean"]), "std": list(state["std"]), "batch": b}
+        meta = {**student_meta, "num_classes": num_classes, "classes": classes, "mean": list(state["mean"]), "std": list(state["std"]),
+                "batch": b}
         _save_student(done / f"b{b}", student, optimizer, meta)
         if b > 0:
             atomic_write(done / f"b{b - 1}", lambda tmp: tmp.write_bytes(b""))  # only the newest marker keeps the student

@@ -19,7 +19,8 @@ def as_number(value, kind: type):
         text = value.strip()
         if not _NUMBER.fullmatch(text) or "__" in text:
             return None
-        value = float(text.replace("_", "")) if kind is float or not text.lstrip("+-").replace("_", "").isdigit() else int(text.replace("_", ""))
+        value = (float(text.replace("_", "")) if kind is float or not text.lstrip("+-").replace("_", "").isdigit()
+                 else int(text.replace("_", "")))
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if kind is float and isinstance(value, (int, float)):

@@ -11,6 +11,12 @@ callable ``objective(logits, features) -> tensor``; a per-image (B,) result is s
 which in eval mode gives each image the gradient of its own objective. Each layer's map is upsampled
 bilinearly to the image size, then min–max normalised per image to [0, 1] (a constant map becomes 0);
 several layers are averaged.
+
+Token layers (a transformer block's (B, T, C) output) are read as (B, C, H, W) maps: ``tokens="auto"`` (the
+default) appends ``@tokens`` to every layer spec, which drops the class token (1 prefix token when T − 1 is a
+square, none when T is) and lays the patch tokens out row-major on an H = W = sqrt(T − prefix) grid; ``tokens=N``
+drops N prefix tokens; a spec may name its own (``blocks.5@tokens:1``); ``tokens=None`` leaves tokens as they are
+(see ``models/taps.py``). Convolutional layers are unaffected.
 """
 from __future__ import annotations
 
@@ -21,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DistillscopeError
-from ..models.taps import FeatureTaps
+from ..errors import DistillscopeError, warn
+from ..models.taps import FeatureTaps, Tokens, with_tokens
 
 ObjectiveFn = Callable[[torch.Tensor, dict], torch.Tensor]
 Objective = Union[None, int, torch.Tensor, ObjectiveFn]
@@ -84,13 +90,16 @@ class CAM:
     """Base class: differentiates an objective w.r.t. tapped activations; subclasses define :meth:`combine`.
 
     ``layers`` are tap specs (``{name: spec}`` or a list of specs, see ``FeatureTaps``) whose activations
-    must be (B, K, h, w). ``objective_taps`` are further taps handed to a callable objective only
-    (e.g. the features whose distance correlation UniCAM differentiates).
+    must be (B, K, h, w), or (B, tokens, K) read as maps (``tokens``, see the module docstring).
+    ``objective_taps`` are further taps handed to a callable objective only (e.g. the features whose distance
+    correlation UniCAM differentiates).
     """
 
-    def __init__(self, model: nn.Module, layers: Mapping[str, str] | Sequence[str], objective_taps: Mapping[str, str] | None = None):
+    def __init__(self, model: nn.Module, layers: Mapping[str, str] | Sequence[str], objective_taps: Mapping[str, str] | None = None,
+                 tokens: Tokens = "auto"):
         self.model = model
         self.layers = dict(layers) if isinstance(layers, Mapping) else {spec: spec for spec in layers}
+        self.layers = {name: with_tokens(spec, tokens) for name, spec in self.layers.items()}
         if not self.layers:
             raise DistillscopeError("CAM needs at least one layer (a tap spec such as 'stage:-1' or a module path)")
         clash = set(self.layers) & set(objective_taps or {})
@@ -112,12 +121,14 @@ class CAM:
                 logits, features = taps(images.detach().requires_grad_(True))
                 value = objective_fn(logits, features)
                 if value.ndim > 1 or not value.is_floating_point():
-                    raise DistillscopeError(f"CAM objective must return a float scalar or one value per image, got {value.dtype} {tuple(value.shape)}")
+                    raise DistillscopeError("CAM objective must return a float scalar or one value per image, "
+                                            f"got {value.dtype} {tuple(value.shape)}")
                 value = value.sum()
                 activations = [features[name] for name in self.layers]
                 for name, act in zip(self.layers, activations):
                     if act.ndim != 4:
-                        raise DistillscopeError(f"CAM layer '{name}' gives a {tuple(act.shape)} feature; CAM needs (B, C, H, W): tap a convolutional stage")
+                        raise DistillscopeError(f"CAM layer '{name}' gives a {tuple(act.shape)} feature; CAM needs (B, C, H, W) or "
+                                                f"(B, tokens, C) read as a map (tokens='auto'): tap a convolutional stage or a token layer")
                 grads = torch.autograd.grad(value, activations, allow_unused=True)
         finally:
             self.model.train(was_training)
@@ -125,6 +136,9 @@ class CAM:
         for name, act, grad in zip(self.layers, activations, grads):
             if grad is None:
                 raise DistillscopeError(f"CAM objective does not depend on layer '{name}' (no gradient reaches it)")
+            if not grad.any():
+                warn(f"CAM layer '{name}': the objective's gradient is zero there for every image, so its map is empty "
+                     f"(in a ViT only the last block's class token reaches the head: tap an earlier block, e.g. stage:-1)")
             raw[name] = F.relu(self.combine(act.detach().float(), grad.float()))
             layers[name] = minmax_normalise(upsample(raw[name], images.shape[-2:]))
         maps = torch.stack(list(layers.values())).mean(dim=0)

@@ -77,7 +77,8 @@ def confusion_heatmaps(teacher_m: np.ndarray, model_q: np.ndarray, stats: dict, 
 
     k = len(teacher_m)
     fig, axes = plotting.new_figure(1, 2, figsize=(11, 5))
-    for ax, matrix, title in zip(axes, (teacher_m, model_q), ("teacher class-mean softmax M (off-diagonal, rows renormalised)", "model confusion Q (off-diagonal, rows renormalised)")):
+    for ax, matrix, title in zip(axes, (teacher_m, model_q), ("teacher class-mean softmax M (off-diagonal, rows renormalised)",
+                                                              "model confusion Q (off-diagonal, rows renormalised)")):
         shown = np.ma.masked_where(np.eye(k, dtype=bool), off_diagonal(matrix)[0])
         image = ax.imshow(shown, cmap=plotting.SEQUENTIAL)
         ax.set_title(title, fontsize=9)
@@ -104,7 +105,8 @@ def confusion_spectra(stats: dict):
     return fig
 
 
-def confusion_analysis(teacher: str | Path, model: str | Path, data_spec: str, split: str = "test", out_dir: str | Path | None = None, device: str = "cpu", batch_size: int = 512) -> dict:
+def confusion_analysis(teacher: str | Path, model: str | Path, data_spec: str, split: str = "test", out_dir: str | Path | None = None,
+                       device: str = "cpu", batch_size: int = 512) -> dict:
     """Evaluate both checkpoints on ``split`` of ``data_spec``, compare M and Q; write JSON and figures to ``out_dir``."""
     from ..data import Loader, load_data
     from ..engine import collect_logits, load_model
@@ -122,7 +124,8 @@ def confusion_analysis(teacher: str | Path, model: str | Path, data_spec: str, s
     for role, path in (("teacher", teacher), ("model", model)):
         net, state = load_model(path, device)
         if state["num_classes"] != data.num_classes:
-            raise DistillscopeError(f"{role} checkpoint '{path}' has {state['num_classes']} classes but '{data_spec}' has {data.num_classes}")
+            raise DistillscopeError(f"{role} checkpoint '{path}' has {state['num_classes']} classes but '{data_spec}' has "
+                                    f"{data.num_classes}")
         loader = Loader(dataset, batch_size, tuple(state["mean"]), tuple(state["std"]), device=device)
         logits[role], targets, _ = collect_logits(net, loader)
     teacher_m = class_mean_softmax(logits["teacher"], targets, data.num_classes)

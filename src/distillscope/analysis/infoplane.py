@@ -36,7 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import DistillscopeError
-from .interaction import images_and_labels, layer_outputs
+from .features import read_features
+from .interaction import images_and_labels
 
 FIGURE = "infoplane.png"
 
@@ -125,8 +126,10 @@ def _fit(head: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss, set
 
 
 def _check(features_fit: torch.Tensor, features_eval: torch.Tensor, targets_fit, targets_eval) -> None:
-    if features_fit.shape[1:] != features_eval.shape[1:] or len(features_fit) != len(targets_fit) or len(features_eval) != len(targets_eval):
-        raise DistillscopeError(f"features {tuple(features_fit.shape)} / {tuple(features_eval.shape)} do not match their {len(targets_fit)} / {len(targets_eval)} targets")
+    if (features_fit.shape[1:] != features_eval.shape[1:] or len(features_fit) != len(targets_fit)
+            or len(features_eval) != len(targets_eval)):
+        raise DistillscopeError(f"features {tuple(features_fit.shape)} / {tuple(features_eval.shape)} do not match their "
+                                f"{len(targets_fit)} / {len(targets_eval)} targets")
     if features_fit.ndim not in (2, 4):
         raise DistillscopeError(f"features must be vectors (N, D) or maps (N, C, H, W), got {tuple(features_fit.shape)}")
 
@@ -169,7 +172,8 @@ def epoch_checkpoints(run: str | Path, epochs: list[int] | None = None) -> list[
     run = Path(run)
     if not run.is_dir():
         raise DistillscopeError(f"run folder '{run}' does not exist")
-    found = sorted((int(m.group(1)), p) for p in run.glob("epoch_*.safetensors") if (m := re.fullmatch(r"epoch_(\d+)\.safetensors", p.name)))
+    found = sorted((int(m.group(1)), p)
+                   for p in run.glob("epoch_*.safetensors") if (m := re.fullmatch(r"epoch_(\d+)\.safetensors", p.name)))
     if not found:
         raise DistillscopeError(f"run '{run}' kept no per-epoch checkpoints; train it with --set run.keep_every=K (e.g. 10)")
     if epochs is None:
@@ -232,11 +236,14 @@ def infoplane_figure(result: InfoPlaneResult):
 
 def layer_features(model: nn.Module, layer: str, images: torch.Tensor, mean, std, device, batch_size: int = 256) -> torch.Tensor:
     """Features of ``model`` at ``layer`` for uint8 ``images`` (eval mode, no augmentation), on ``device``."""
-    return torch.cat([f for f, _ in layer_outputs(model, layer, images, mean, std, device, batch_size)])
+    from ..data import normalize
+
+    return read_features(model, images, {"f": layer}, batch_size, device, prepare=lambda x: normalize(x, tuple(mean), tuple(std)))["f"]
 
 
 def information_plane(runs: list[str | Path], data_spec: str, layers: list[str] = ("embedding",), n_fit: int = 2000, n_eval: int = 1000,
-                      settings: ProbeSettings = ProbeSettings(), progress: bool = True, epochs: list[int] | None = None, data=None) -> InfoPlaneResult:
+                      settings: ProbeSettings = ProbeSettings(), progress: bool = True, epochs: list[int] | None = None,
+                      data=None) -> InfoPlaneResult:
     """Estimate (Î(X;F), Î(Y;F)) for every run's ``epoch_{e}.safetensors`` (only ``epochs`` if given) and every
     layer: heads fit on the first ``n_fit`` training images and scored on the first ``n_eval`` test images (no
     augmentation). A caller holding it passes ``data`` (``data_spec`` loaded)."""
@@ -256,7 +263,8 @@ def information_plane(runs: list[str | Path], data_spec: str, layers: list[str] 
         if state["num_classes"] != data.num_classes:
             raise DistillscopeError(f"checkpoint '{path}' has {state['num_classes']} classes but '{data_spec}' has {data.num_classes}")
         for layer in layers:
-            f_fit, f_eval = (layer_features(model, layer, images, state["mean"], state["std"], device) for images in (fit_images, eval_images))
+            f_fit, f_eval = (layer_features(model, layer, images, state["mean"], state["std"], device)
+                             for images in (fit_images, eval_images))
             x_fit, x_eval = fit_images.float() / 255, eval_images.float() / 255
             point = {"run": str(run), "layer": layer, "epoch": epoch, "test_top1": state.get("metrics", {}).get("test/top1")}
             point.update(estimate_ixf(f_fit, x_fit, f_eval, x_eval, settings))

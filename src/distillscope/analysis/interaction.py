@@ -33,8 +33,8 @@ point's max softmax probability averaged over the group's models.
 
 Defaults K = 50, 99th (correlation) and 90th (presence) percentiles are those of Jiang et al. §3 as used by
 Kang & Kim §3.2 (taken from the issue's reading of the authors' code, which the search index here did not hold;
-the stored copy of paper 000 is its abstract page). Paper 000's CIFAR-100 numbers (baseline / KD student / teacher): 531 / 281 / 264 features, mean
-frequency 1329 / 2121 / 2243, ≈ 71 / 60 / 59 features per point.
+the stored copy of paper 000 is its abstract page). Paper 000's CIFAR-100 numbers (baseline / KD student / teacher):
+531 / 281 / 264 features, mean frequency 1329 / 2121 / 2243, ≈ 71 / 60 / 59 features per point.
 
 Memory: Λ is float32 (36 MB for M = 60, K = 50); Ω is not stored densely (M×N×T can reach gigabytes) but
 derived from the M×N×K presence and the M×K assignment (``omega``, ``group_omega``).
@@ -74,7 +74,8 @@ def pca_projections(features: np.ndarray, components: int = COMPONENTS, centre: 
     if x.ndim != 2:
         raise DistillscopeError(f"features must be (N, D), got shape {x.shape}")
     if components > min(x.shape):
-        raise DistillscopeError(f"{components} components asked but features are {x.shape[0]} points × {x.shape[1]} dims; lower the components (--components)")
+        raise DistillscopeError(f"{components} components asked but features are {x.shape[0]} points × {x.shape[1]} dims; "
+                                "lower the components (--components)")
     if centre:
         x = x - x.mean(0)
     n, d = x.shape
@@ -86,7 +87,7 @@ def pca_projections(features: np.ndarray, components: int = COMPONENTS, centre: 
     return p * np.where(extreme < 0, -1.0, 1.0)
 
 
-def standardise(projections: np.ndarray) -> np.ndarray:
+def standardise_columns(projections: np.ndarray) -> np.ndarray:
     """Columns to zero mean and unit (population) variance over N; constant columns become zeros."""
     p = np.asarray(projections, dtype=np.float64)
     std = p.std(0)
@@ -99,7 +100,7 @@ def cross_correlations(projections: np.ndarray, chunk: int = 512, progress: bool
     ``projections`` is (M, N, K); the result is a float32 (M, M, K, K) view, computed in row chunks.
     """
     m, n, k = projections.shape
-    z = np.concatenate([standardise(p) for p in projections], axis=1).astype(np.float32)  # (N, M·K)
+    z = np.concatenate([standardise_columns(p) for p in projections], axis=1).astype(np.float32)  # (N, M·K)
     flat = np.empty((m * k, m * k), dtype=np.float32)
     for start in tqdm(range(0, m * k, chunk), desc="correlations", disable=not progress):
         flat[start:start + chunk] = z[:, start:start + chunk].T @ z / n
@@ -290,7 +291,8 @@ def _binned_confidence(per_point: np.ndarray, confidence: np.ndarray, bins: int 
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         inside = (per_point >= lo) & ((per_point <= hi) if i == len(edges) - 2 else (per_point < hi))
         if inside.any():
-            rows.append({"features": [float(lo), float(hi)], "points": int(inside.sum()), "mean_confidence": float(confidence[inside].mean())})
+            rows.append({"features": [float(lo), float(hi)], "points": int(inside.sum()),
+                         "mean_confidence": float(confidence[inside].mean())})
     return rows
 
 
@@ -356,20 +358,6 @@ def images_and_labels(dataset, n: int | None = None) -> tuple[torch.Tensor, torc
     return torch.stack([item[0] for item in items]), torch.as_tensor([int(item[1]) for item in items])
 
 
-@torch.no_grad()
-def layer_outputs(model: torch.nn.Module, layer: str, images: torch.Tensor, mean, std, device, batch_size: int = 256):
-    """Yield ``(features, logits)`` of ``model`` (eval mode) at tap ``layer`` for batches of uint8 ``images``."""
-    from ..data import normalize
-    from ..models import FeatureTaps
-
-    model.eval()
-    with FeatureTaps(model, {"f": layer}) as taps:
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start:start + batch_size].to(device), tuple(mean), tuple(std))
-            logits, features = taps(x)
-            yield features["f"].float(), logits.float()
-
-
 def interaction_from_runs(
     groups: dict[str, list[str | Path]],
     data_spec: str,
@@ -391,8 +379,9 @@ def interaction_from_runs(
     images of ``split`` (no augmentation; feature maps are flattened to C·H·W, as paper 000 does with the last
     stage, the default ``stage:-1``; ``embedding`` is the same map average-pooled), and build the tensor.
     A caller holding them passes ``data`` (``data_spec`` loaded) and ``load`` (run -> ``(model, state)`` on ``device``)."""
-    from ..data import load_data
+    from ..data import load_data, normalize
     from ..engine import load_model
+    from .features import read_features
 
     if not groups or any(not runs for runs in groups.values()):
         raise DistillscopeError("give at least one group with at least one run, e.g. --group kd=runs/kd-s0,runs/kd-s1")
@@ -408,13 +397,14 @@ def interaction_from_runs(
         model, state = load_model(run, device) if load is None else load(run)
         if state["num_classes"] != data.num_classes:
             raise DistillscopeError(f"run '{run}' has {state['num_classes']} classes but '{data_spec}' has {data.num_classes}")
-        feats, logits = zip(*layer_outputs(model, layer, images, state["mean"], state["std"], device, batch_size))
-        feats = torch.cat(feats).flatten(1)  # N × C·H·W for a feature map
+        prepare = lambda x: normalize(x, tuple(state["mean"]), tuple(state["std"]))  # noqa: E731
+        out = read_features(model, images, {"f": layer}, batch_size, device, prepare=prepare, logits=True)
+        feats, logits = out["f"].flatten(1), out["logits"]  # N × C·H·W for a feature map
         if feats.shape[1] < components:
             raise DistillscopeError(f"layer '{layer}' of '{run}' has {feats.shape[1]} dims, fewer than {components} components; "
                                     f"tap a wider layer (--layer {DEFAULT_LAYER}) or use fewer --components")
         dims.append(int(feats.shape[1]))
-        probs = torch.cat(logits).softmax(1).cpu()
+        probs = logits.softmax(1).cpu()
         projections.append(pca_projections(feats.cpu().double().numpy(), components, centre).astype(np.float32))
         confidence.append(probs.max(1).values.numpy())
         correct.append((probs.argmax(1) == labels).numpy())
@@ -451,7 +441,8 @@ def interaction_figures(result: InteractionResult) -> dict:
     top = max(max(e["features_per_point"]) for e in groups.values())
     bins = np.arange(0, top + 2) - 0.5 if top < 60 else 40
     for name, entry in groups.items():
-        ax.hist(entry["features_per_point"], bins=bins, histtype="step", linewidth=1.5, label=f"{name} (mean {entry['features_per_point_mean']:.1f})")
+        ax.hist(entry["features_per_point"], bins=bins, histtype="step", linewidth=1.5,
+                label=f"{name} (mean {entry['features_per_point_mean']:.1f})")
     ax.set_xlabel("features present at a data point")
     ax.set_ylabel("data points")
     ax.legend(fontsize=8)

@@ -21,7 +21,8 @@ from ..errors import DistillscopeError
 
 def _check(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if maps.ndim != 3 or maps.shape != masks.shape:
-        raise DistillscopeError(f"localisation: maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must both be (B, H, W) of one size; upsample the maps first")
+        raise DistillscopeError(f"localisation: maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must both be (B, H, W) of one "
+                                "size; upsample the maps first")
     if (maps < 0).any():
         raise DistillscopeError("localisation: maps must be non-negative (ReLU'd or min-max normalised CAMs)")
     return maps.double(), masks.to(maps.device).bool()

@@ -19,6 +19,9 @@ Conditions: ``clean`` inputs, and ``lerf``: each model sees its *own* ROAD-pertu
 relevant pixels by its own CAM at that layer replaced by imputation, as in the paper's eq. 7), given as
 a ``perturb(images, maps) -> images`` callable. Statistics are pooled over many seeded batches: the
 mean ± std of the per-batch values and the pooled value ``Σ_b <A_b, B_b> / sqrt(Σ_b <A_b, A_b> Σ_b <B_b, B_b>)``.
+
+Token layers ((B, T, C) transformer outputs) are read as the maps their CAM uses (``tokens``, as in ``cam.py``):
+the class token is dropped before the patch tokens are flattened, so the features scored are those ROAD perturbs.
 """
 from __future__ import annotations
 
@@ -31,10 +34,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import DistillscopeError
-from ..models.taps import FeatureTaps
+from ..models.taps import Tokens, with_tokens
 from .cam import CAM_METHODS, softmax_target
 from .dcor import double_centered, pairwise_distances, u_centered, u_inner
 from .embeddings import LabelEmbeddings
+from .features import read_features
 from .unicam import LayerSpecs, batch_rows, layer_pairs, skip_reason
 
 ESTIMATORS = ("unbiased", "biased")
@@ -91,17 +95,11 @@ def pool(terms: list[tuple[float, float, float]]) -> dict[str, float | int | Non
 @torch.no_grad()
 def tapped_features(model: nn.Module, images: torch.Tensor, specs: dict[str, str]) -> dict[str, torch.Tensor]:
     """``{name: (n, d) float64}`` features of ``model`` (eval mode) at the tap ``specs``."""
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureTaps(model, specs) as taps:
-            features = taps(images)[1]
-    finally:
-        model.train(was_training)
-    return {name: f.flatten(1).double() for name, f in features.items()}
+    return {name: f.flatten(1) for name, f in read_features(model, images, specs, dtype=torch.float64).items()}
 
 
-def perturbed_features(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, specs: dict[str, str], perturb: Perturb, cam: str = "hirescam") -> dict[str, torch.Tensor]:
+def perturbed_features(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, specs: dict[str, str], perturb: Perturb,
+                       cam: str = "gradcam") -> dict[str, torch.Tensor]:
     """Per layer: the model's CAM there (softmax of the true class), its inputs perturbed by that map, its features there."""
     maps = CAM_METHODS[cam](model, specs)(images, softmax_target(targets)).layers
     return {name: tapped_features(model, perturb(images, maps[name]), {name: spec})[name] for name, spec in specs.items()}
@@ -117,10 +115,11 @@ def feature_scores(
     *,
     estimator: str = "unbiased",
     perturb: Perturb | None = None,
-    cam: str = "hirescam",
+    cam: str = "gradcam",
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    tokens: Tokens = "auto",
 ) -> dict:
     """FSS, RS and the partial RS of ``student`` vs each of ``references`` (``{name: model}``, e.g. teacher
     and base) at ``layers``, over seeded batches of ``images``.
@@ -133,8 +132,8 @@ def feature_scores(
     if cam not in CAM_METHODS:
         raise DistillscopeError(f"cam '{cam}' unknown; valid: {', '.join(CAM_METHODS)}")
     pairs = layer_pairs(layers)
-    specs_s = {name: s for name, (s, _) in pairs.items()}
-    specs_r = {name: r for name, (_, r) in pairs.items()}
+    specs_s = {name: with_tokens(s, tokens) for name, (s, _) in pairs.items()}
+    specs_r = {name: with_tokens(r, tokens) for name, (_, r) in pairs.items()}
     conditions = ["clean"] + (["lerf"] if perturb is not None else [])
     terms = {key: [] for key in product(references, pairs, conditions, STATISTICS)}
     notes = []
@@ -157,5 +156,7 @@ def feature_scores(
                 for layer in pairs:
                     for stat, t in batch_statistics(fs[layer], fr[layer], g, estimator).items():
                         terms[ref, layer, cond, stat].append(t)
-    table = [{"reference": ref, "layer": layer, "condition": cond, "statistic": stat, **pool(t)} for (ref, layer, cond, stat), t in terms.items()]
-    return {"rows": table, "estimator": estimator, "batch_size": batch_size, "seed": seed, "cam": cam, "labels": embeddings.kind, "notes": notes}
+    table = [{"reference": ref, "layer": layer, "condition": cond, "statistic": stat, **pool(t)}
+             for (ref, layer, cond, stat), t in terms.items()]
+    return {"rows": table, "estimator": estimator, "batch_size": batch_size, "seed": seed, "cam": cam, "labels": embeddings.kind,
+            "notes": notes}

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DistillscopeError
-from ..models.taps import FeatureTaps, resolve_tap
+from ..models.taps import resolve_tap
+from .features import read_features
 
 
 def agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
@@ -52,45 +53,13 @@ def centre_gram(k: torch.Tensor) -> torch.Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
-def cka_from_grams(k: torch.Tensor, l: torch.Tensor) -> float:
-    """Linear CKA of two (uncentred) Gram matrices over the same N rows."""
-    kc, lc = centre_gram(k.double()), centre_gram(l.double())
-    denominator = kc.norm() * lc.norm()
-    if denominator == 0:
-        raise DistillscopeError("CKA is undefined for a layer whose features are constant over the images")
-    return float((kc * lc).sum() / denominator)
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two feature tensors with the same first dimension (rows = images)."""
-    if len(x) != len(y):
-        raise DistillscopeError(f"CKA needs the same images for both: {len(x)} vs {len(y)} rows")
-    return cka_from_grams(gram(x), gram(y))
-
-
-@torch.no_grad()
-def collect_features(model: nn.Module, taps: dict[str, str], images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """``{name: features}`` (float32, CPU, one row per image) of ``model`` in eval mode at the tap specs."""
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in taps}
-    device = next(model.parameters()).device
-    with FeatureTaps(model, taps) as tapped:
-        for chunk in images.split(batch_size):
-            _, features = tapped(chunk.to(device))
-            for name, value in features.items():
-                parts[name].append(value.float().flatten(1).cpu())
-    model.train(was_training)
-    return {name: torch.cat(values) for name, values in parts.items()}
-
-
 def layer_grams(model: nn.Module, taps: dict[str, str], images: torch.Tensor, batch_size: int = 256, max_bytes: int = 2**30,
                 progress: bool = False, desc: str = "Gram matrices") -> dict[str, torch.Tensor]:
     """Gram matrix per tap. The N×D float32 features of as many taps as fit in ``max_bytes`` are gathered in one
     pass over the images, the others in further passes (a tap larger than the budget gets a pass of its own)."""
     from tqdm.auto import tqdm
 
-    widths = {name: f.shape[1] for name, f in collect_features(model, taps, images[:1]).items()}
+    widths = {name: f.flatten(1).shape[1] for name, f in read_features(model, images[:1], taps).items()}
     passes: list[list[str]] = [[]]
     used = 0
     for name in taps:
@@ -102,7 +71,7 @@ def layer_grams(model: nn.Module, taps: dict[str, str], images: torch.Tensor, ba
         used += need
     grams = {}
     for names in tqdm(passes, desc=desc, disable=not progress, leave=False):
-        features = collect_features(model, {name: taps[name] for name in names}, images, batch_size)
+        features = read_features(model, images, {name: taps[name] for name in names}, batch_size, cpu=True)
         for name in names:
             grams[name] = gram(features.pop(name))
     return {name: grams[name] for name in taps}
@@ -162,7 +131,8 @@ def classifier_weights(model: nn.Module) -> torch.Tensor:
     path, _ = resolve_tap(model, "embedding")
     layer = dict(model.named_modules())[path]
     if not isinstance(layer, nn.Linear):
-        raise DistillscopeError(f"{type(model).__name__}: the module at '{path}' is {type(layer).__name__}, not the final nn.Linear classifier")
+        raise DistillscopeError(f"{type(model).__name__}: the module at '{path}' is {type(layer).__name__}, not the final nn.Linear "
+                                "classifier")
     return layer.weight.detach().float().cpu()
 
 

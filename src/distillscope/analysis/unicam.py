@@ -11,6 +11,8 @@ The objective couples the images of a batch, so a map depends on the batch it wa
 are drawn from a seeded permutation, and ``batch_size`` and ``seed`` go into every result. Batches with
 fewer than 2 classes (G's distance matrix is then zero) or fewer than 4 images (U-centring needs n ≥ 4)
 are skipped with a note. Several layers give one map each (the per-layer variant) and their mean.
+Token layers ((B, T, C) transformer outputs) are read as maps, class token dropped, in both models and in the
+objective (``tokens``, as in ``cam.py``).
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import DistillscopeError
-from ..models.taps import FeatureTaps
+from ..models.taps import Tokens, with_tokens
 from .cam import CAM, GradCAM
-from .dcor import pairwise_distances, project_out, semipartial_r2, u_centered
+from .dcor import semipartial_r2
 from .embeddings import LabelEmbeddings
+from .features import read_features
 
 LayerSpecs = Mapping[str, "str | tuple[str, str]"] | Sequence[str]
 
@@ -37,11 +40,6 @@ def layer_pairs(layers: LayerSpecs) -> dict[str, tuple[str, str]]:
     if not layers:
         raise DistillscopeError("UniCAM needs at least one layer, e.g. stage:-1")
     return {name: (spec, spec) if isinstance(spec, str) else tuple(spec) for name, spec in layers.items()}
-
-
-def unique_matrix(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """P_Y⊥ X̃ = X̃ − (X̃·Ỹ)/(Ỹ·Ỹ) Ỹ: X's U-centred distance matrix without Y's component (UniCAM eq. 3)."""
-    return project_out(u_centered(pairwise_distances(x)), u_centered(pairwise_distances(y)))
 
 
 def skip_reason(targets: torch.Tensor) -> str | None:
@@ -67,20 +65,15 @@ class UniCAMResult:
 class UniCAM:
     """UniCAM of ``model_x`` given ``model_y`` at ``layers`` (tap specs, or ``{name: (spec_x, spec_y)}``)."""
 
-    def __init__(self, model_x: nn.Module, model_y: nn.Module, layers: LayerSpecs, embeddings: LabelEmbeddings, cam: type[CAM] = GradCAM):
-        self.model_x, self.model_y, self.embeddings, self.cam = model_x, model_y, embeddings, cam
-        self.pairs = layer_pairs(layers)
+    def __init__(self, model_x: nn.Module, model_y: nn.Module, layers: LayerSpecs, embeddings: LabelEmbeddings, cam: type[CAM] = GradCAM,
+                 tokens: Tokens = "auto"):
+        self.model_x, self.model_y, self.embeddings, self.cam, self.tokens = model_x, model_y, embeddings, cam, tokens
+        self.pairs = {name: (with_tokens(x, tokens), with_tokens(y, tokens)) for name, (x, y) in layer_pairs(layers).items()}
 
     @torch.no_grad()
     def _y_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        was_training = self.model_y.training
-        self.model_y.eval()
-        try:
-            with FeatureTaps(self.model_y, {name: spec_y for name, (_, spec_y) in self.pairs.items()}) as taps:
-                features = taps(images)[1]
-        finally:
-            self.model_y.train(was_training)
-        return {name: f.flatten(1).double() for name, f in features.items()}
+        features = read_features(self.model_y, images, {name: spec_y for name, (_, spec_y) in self.pairs.items()}, dtype=torch.float64)
+        return {name: f.flatten(1) for name, f in features.items()}
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> UniCAMResult:
         reason = skip_reason(targets)
@@ -94,7 +87,7 @@ class UniCAM:
             def objective(logits, features, name=name):
                 return semipartial_r2(features[name].flatten(1).double(), y_features[name], g)
 
-            cam = self.cam(self.model_x, {name: spec_x})(images, objective)
+            cam = self.cam(self.model_x, {name: spec_x}, tokens=self.tokens)(images, objective)
             result.layers[name], result.r2[name] = cam.layers[name], cam.objective
         result.maps = torch.stack(list(result.layers.values())).mean(dim=0)
         return result
@@ -108,7 +101,8 @@ def batch_rows(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     return list(order.split(batch_size))
 
 
-def unicam_maps(unicam: UniCAM, images: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int, progress: bool = True, desc: str = "UniCAM") -> dict:
+def unicam_maps(unicam: UniCAM, images: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int, progress: bool = True,
+                desc: str = "UniCAM") -> dict:
     """UniCAM maps of every image, each computed within its seeded batch.
 
     Returns ``maps`` (N, H, W; zeros where skipped), ``layers`` ({name: (N, H, W)}), ``valid`` (N,) bool,
@@ -133,8 +127,9 @@ def unicam_maps(unicam: UniCAM, images: torch.Tensor, targets: torch.Tensor, bat
     return {"maps": maps, "layers": layers, "valid": valid, "r2": r2, "batch_size": batch_size, "seed": seed, "notes": notes}
 
 
-def distilled_and_residual(student: nn.Module, base: nn.Module, layers: LayerSpecs, embeddings: LabelEmbeddings, cam: type[CAM] = GradCAM) -> tuple[UniCAM, UniCAM]:
+def distilled_and_residual(student: nn.Module, base: nn.Module, layers: LayerSpecs, embeddings: LabelEmbeddings, cam: type[CAM] = GradCAM,
+                           tokens: Tokens = "auto") -> tuple[UniCAM, UniCAM]:
     """UniCAM of the student given its base (distilled) and of the base given the student (residual)."""
     pairs = layer_pairs(layers)
     swapped = {name: (spec_b, spec_s) for name, (spec_s, spec_b) in pairs.items()}
-    return UniCAM(student, base, pairs, embeddings, cam), UniCAM(base, student, swapped, embeddings, cam)
+    return UniCAM(student, base, pairs, embeddings, cam, tokens), UniCAM(base, student, swapped, embeddings, cam, tokens)

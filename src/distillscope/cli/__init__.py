@@ -1,4 +1,5 @@
-"""Command line: ``distillscope list | train | eval | download | demo | sweep | table | confusion | interaction | infoplane | explain | cache | synthesize | chain``.
+"""Command line: ``distillscope list | train | eval | download | demo | sweep | table | confusion | interaction | infoplane |
+explain | cache | synthesize | chain``.
 
 ``--import MODULE`` (before or after the command, repeatable) imports a module or a ``.py`` file first,
 so the models it registers (``distillscope.register_model``) can be named in configs and checkpoints.
@@ -18,9 +19,9 @@ import warnings
 from pathlib import Path
 
 from ..errors import DistillscopeError
-from . import analysis, cache, listing, sweep, synthesize, train
+from . import analysis, cache, export, listing, sweep, synthesize, train
 
-COMMANDS = (listing, train, sweep, analysis, cache, synthesize)
+COMMANDS = (listing, train, sweep, analysis, cache, synthesize, export)
 
 
 def import_modules(names: list[str]) -> None:
@@ -43,7 +44,8 @@ def import_modules(names: list[str]) -> None:
                 importlib.import_module(name)
         except Exception as exc:  # the user's module may fail in any way; report it in one line
             reason = (str(exc).strip().splitlines() or [""])[0]
-            raise DistillscopeError(f"--import {name}: it does not import ({type(exc).__name__}: {reason}); give a module on the Python path or a .py file") from None
+            raise DistillscopeError(f"--import {name}: it does not import ({type(exc).__name__}: {reason}); "
+                                    "give a module on the Python path or a .py file") from None
 
 
 def _add_import_flag(parser: argparse.ArgumentParser, dest: str) -> None:
@@ -51,6 +53,29 @@ def _add_import_flag(parser: argparse.ArgumentParser, dest: str) -> None:
         "--import", dest=dest, action="append", default=[], metavar="MODULE",
         help="import a module or .py file first (its register_model calls run); repeatable",
     )
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with ``(default: VALUE)``, unless its text already says what the default is (it
+    holds the word "default", as an option whose default comes from elsewhere must: "(default: the run's own)"),
+    or there is none to show (None, a flag, an empty list). Set on every parser by :func:`build_parser`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if (action.nargs == 0 or default is None or default is argparse.SUPPRESS or default == [] or "default" in text
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every (sub)command parser under it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from _all_parsers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     for command in sub.choices.values():
         _add_import_flag(command, "command_imports")
+    for each in _all_parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter  # every --help shows each option's default
     return parser
 
 

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DistillscopeError
-from .augment import BOX_KEYS, apply_augmentation, augment_name, draw_augmentation, draw_resized_crop, normalize, relative_box, resolve_resized_crop
+from .augment import (BOX_KEYS, apply_augmentation, augment_name, draw_augmentation, draw_resized_crop, normalize, relative_box,
+                      resolve_resized_crop)
 from .base import ArrayDataset
 
 
@@ -36,11 +37,15 @@ class Batch:
 
 
 class _FixedOrder(Sampler):
-    def __init__(self, chunks: list[list[int]]):
-        self.chunks = chunks
+    """The epoch's batches of items, each made when the ``DataLoader`` asks for it: rows, or ``(row, draw)``
+    pairs where the worker crops (an epoch of ImageNet's crop draws as Python objects takes ~1.2 GB)."""
+
+    def __init__(self, chunks: list[torch.Tensor], augs: list[dict[str, torch.Tensor]], ratio: tuple[float, float] | None):
+        self.chunks, self.augs, self.ratio = chunks, augs, ratio
 
     def __iter__(self):
-        return iter(self.chunks)
+        for rows, aug in zip(self.chunks, self.augs):
+            yield rows.tolist() if self.ratio is None else list(zip(rows.tolist(), _crop_draws(aug, self.ratio)))
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -160,12 +165,9 @@ class Loader:
                 rows = rows.to(self.device)
                 yield self._images[rows], self._targets[rows], self._index[rows], None
             return
-        items = [c.tolist() for c in chunks]
-        if self.augment == "random_resized_crop":
-            items = [list(zip(rows, _crop_draws(aug, self.ratio))) for rows, aug in zip(items, augs)]
         loader = DataLoader(
             self.dataset,
-            batch_sampler=_FixedOrder(items),
+            batch_sampler=_FixedOrder(chunks, augs, self.ratio if self.augment == "random_resized_crop" else None),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,

@@ -111,7 +111,8 @@ def _object_colours(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray
         colours[close] = rng.random((int(close.sum()), 3), dtype=np.float32)
 
 
-def make_shapes(n: int, seed: int, size: int = 32, train: bool = True, clutter: float = 1.0, scale: tuple[float, float] = (0.19, 0.44)) -> ArrayDataset:
+def make_shapes(n: int, seed: int, size: int = 32, train: bool = True, clutter: float = 1.0,
+                scale: tuple[float, float] = (0.19, 0.44)) -> ArrayDataset:
     """Generate ``n`` shape images (size×size) with balanced classes and object masks.
 
     ``clutter`` in [0, 1] scales the nuisances: background texture contrast, the chance of an occluding

@@ -1,15 +1,17 @@
 """Data specs: one string names a dataset everywhere (config, CLI, Python).
 
-``cifar10:DIR``, ``cifar100:DIR``, ``folder:DIR`` (``DIR/train`` and ``DIR/test`` class folders) and
-``shapes`` (the built-in generated set). Options follow ``?``: ``shapes?n=2000&seed=0&size=32``,
-``folder:DIR?size=224&crop=0.875&memory=8GB&workers=8``.
+``cifar10:DIR``, ``cifar100:DIR``, ``folder:DIR`` (``DIR/train`` and ``DIR/test`` class folders, or
+ImageNet's ``DIR/train`` and ``DIR/val``; ``test=NAME`` picks the held-out folder; an optional
+``DIR/classes.txt`` fixes the class order, else sorted folder names), ``shapes`` (the built-in generated set)
+and datasets registered from Python (:func:`~distillscope.data.user.register_dataset`). Options follow ``?``:
+``shapes?n=2000&seed=0&size=32``, ``folder:DIR?size=224&crop=0.875&memory=8GB&workers=8``.
 
 A folder whose images, decoded at ``size`` × ``size``, fit in ``memory`` (default 2GB; ``memory=0``
 always streams) is decoded once into an :class:`ArrayDataset`, like CIFAR; a larger one streams.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qsl
@@ -136,9 +138,18 @@ def _shapes(path: str, options: dict, spec: str):
     return (train, test, *_channel_stats(train.images))
 
 
+def _held_out_folder(root: Path, spec: str) -> str:
+    """``test`` or ImageNet's ``val``: whichever of the two folders exists (``test`` when neither does)."""
+    present = [name for name in ("test", "val") if (root / name).is_dir()]
+    if len(present) == 2:
+        raise DistillscopeError(f"data spec '{spec}': {root} holds both test/ and val/; "
+                                "choose the held-out split with ?test=test or ?test=val")
+    return present[0] if present else "test"
+
+
 @DATASETS.register("folder")
 def _folder(path: str, options: dict, spec: str):
-    from .folder import FolderDataset, default_workers
+    from .folder import FolderDataset, default_workers, read_class_list
 
     root = _need_path("folder", path, spec)
     size = _int_option(options, "size", 32, spec)
@@ -148,13 +159,15 @@ def _folder(path: str, options: dict, spec: str):
         limit = parse_bytes(memory)
     except ValueError as err:
         raise DistillscopeError(f"data spec '{spec}': option memory={err}") from None
-    splits = [root / name for name in ("train", "test")]
+    held_out = options.pop("test", None) or _held_out_folder(root, spec)
+    splits = [root / name for name in ("train", held_out)]
     missing = [str(p) for p in splits if not p.is_dir()]
     if missing:
-        raise DistillscopeError(f"data spec '{spec}': expected class folders under {' and '.join(missing)}")
-    train, test = (FolderDataset(p, size=size, crop=crop) for p in splits)
+        raise DistillscopeError(f"data spec '{spec}': expected class folders under {' and '.join(missing)} (test/ or ImageNet's val/)")
+    listed = read_class_list(root / "classes.txt") if (root / "classes.txt").is_file() else None
+    train, test = (FolderDataset(p, size=size, crop=crop, classes=listed) for p in splits)
     if train.classes != test.classes:
-        raise DistillscopeError(f"data spec '{spec}': train and test class folders differ")
+        raise DistillscopeError(f"data spec '{spec}': train and {held_out} class folders differ")
     workers = _int_option(options, "workers", default_workers(len(train) + len(test)), spec)
     rows = range(0, len(train), max(1, len(train) // 512))
     if train.decoded_bytes() + test.decoded_bytes() <= limit:
@@ -168,7 +181,8 @@ def _folder(path: str, options: dict, spec: str):
 def same_data(spec_a: str, spec_b: str) -> bool:
     """Whether two specs name the same data: same kind, same options, same directory (after resolving it)."""
     (kind_a, path_a, opts_a), (kind_b, path_b, opts_b) = parse_spec(spec_a), parse_spec(spec_b)
-    same_path = path_a == path_b or (bool(path_a) and bool(path_b) and Path(path_a).expanduser().resolve() == Path(path_b).expanduser().resolve())
+    same_path = path_a == path_b or (bool(path_a) and bool(path_b)
+                                     and Path(path_a).expanduser().resolve() == Path(path_b).expanduser().resolve())
     return kind_a == kind_b and opts_a == opts_b and same_path
 
 
@@ -206,11 +220,19 @@ def load_data(spec: str, val_fraction: float = 0.0, split_seed: int = 0) -> Data
     kind, path, options = parse_spec(spec)
     if kind not in DATASETS:
         raise DistillscopeError(f"data spec '{spec}': unknown dataset '{kind}'; valid: {', '.join(list_datasets())}")
-    train, test, mean, std = DATASETS.get(kind)(path, options, spec)
+    loaded = DATASETS.get(kind)(path, options, spec)  # (train, test, mean, std), or a DataBundle (register_dataset)
     if options:
         raise DistillscopeError(f"data spec '{spec}': unknown option(s) {', '.join(options)} for '{kind}'")
-    val = None
-    if val_fraction > 0:
-        train_rows, val_rows = split_rows(torch.as_tensor(train.targets), val_fraction, split_seed)
-        train, val = _take(train, train_rows), _take(train, val_rows)
-    return DataBundle(spec, train, val, test, list(test.classes), mean, std)
+    if not isinstance(loaded, DataBundle):
+        train, test, mean, std = loaded
+        loaded = DataBundle(spec, train, None, test, list(test.classes), mean, std)
+    return carve_val(loaded, val_fraction, split_seed)
+
+
+def carve_val(data: DataBundle, val_fraction: float, split_seed: int = 0) -> DataBundle:
+    """``data`` with a stratified validation split of ``val_fraction`` carved from its training set, reproducible
+    from ``split_seed``; ``data`` itself when it has a validation set already or ``val_fraction`` is 0."""
+    if data.val is not None or val_fraction == 0:
+        return data
+    train_rows, val_rows = split_rows(index_and_targets(data.train)[1], val_fraction, split_seed)
+    return replace(data, train=_take(data.train, train_rows), val=_take(data.train, val_rows))

@@ -176,7 +176,8 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
             return unprefixed("model", tensors), json.loads(meta[META_KEY]), file
         return _strip_module(tensors), None, file
     if file.suffix not in TORCH_SUFFIXES:
-        raise DistillscopeError(f"checkpoint '{file}': unknown format '{file.suffix}'; give a run folder, a .safetensors or a .pth/.pt state_dict")
+        raise DistillscopeError(f"checkpoint '{file}': unknown format '{file.suffix}'; "
+                                "give a run folder, a .safetensors or a .pth/.pt state_dict")
     obj = load_torch_file(file, device)
     for key in NESTED_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -265,14 +266,16 @@ def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source
             prefix = _extra_prefix(missing, unexpected)
             text += (
                 f". Every missing key is in the file with the prefix '{prefix}': save the wrapped model's inner module"
-                if prefix else ". The key names differ: the file was probably saved from another architecture or wrapper; check the model name"
+                if prefix
+                else ". The key names differ: the file was probably saved from another architecture or wrapper; check the model name"
             )
         raise DistillscopeError(text)
     model.load_state_dict(weights, strict=False)
     return layout
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, skip_keys: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu") -> dict[str, Any] | None:
+def load_weights(model: torch.nn.Module, path: str | Path, skip_keys: tuple[str, ...] | list[str] = (),
+                 device: str | torch.device = "cpu") -> dict[str, Any] | None:
     """Read weights from ``path`` (see :func:`read_weights`) into ``model``; returns the distillscope state or None.
 
     A distillscope checkpoint must hold the same model name as ``model.name``.
@@ -344,7 +347,8 @@ def start_run_folder(out: Path, config: dict) -> None:
 def model_meta(model: str, precision: str, data, data_spec: str, deploy: dict | None = None) -> dict[str, Any]:
     """What a saved model carries besides its weights: architecture, precision, classes, normalisation and data;
     ``deploy``: the feature shapes :func:`load_model` rebuilds a method's deployable model from."""
-    meta = {"model": model, "precision": precision, "num_classes": data.num_classes, "classes": data.classes, "mean": list(data.mean), "std": list(data.std), "data": data_spec}
+    meta = {"model": model, "precision": precision, "num_classes": data.num_classes, "classes": data.classes, "mean": list(data.mean),
+            "std": list(data.std), "data": data_spec}
     if deploy is not None:
         meta["deploy"] = deploy
     return meta
@@ -359,7 +363,8 @@ def save_last(out: Path, model: torch.nn.Module, method: torch.nn.Module, teache
               scaler: torch.amp.GradScaler, device: torch.device, state: dict[str, Any]) -> None:
     """``out/last.safetensors``: the model, the method, a trained ``teacher``, the optimiser's tensors and the RNG
     states; in its header ``state`` with the optimiser's hyper-parameters and scalars and the scaler's state."""
-    groups = [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+    groups = [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items() if k != "params"}
+              for g in optimizer.state_dict()["param_groups"]]
     tensors = {**prefixed("model", model.state_dict()), **prefixed("method", method.state_dict()), "rng.torch": torch.get_rng_state()}
     if teacher is not None:
         tensors.update(prefixed("teacher", teacher.state_dict()))
@@ -367,7 +372,8 @@ def save_last(out: Path, model: torch.nn.Module, method: torch.nn.Module, teache
     tensors.update(optim_tensors)
     if device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    save_checkpoint(out / "last.safetensors", tensors, {**state, "optim_groups": groups, "optim_scalars": scalars, "scaler": scaler.state_dict()})
+    save_checkpoint(out / "last.safetensors", tensors,
+                    {**state, "optim_groups": groups, "optim_scalars": scalars, "scaler": scaler.state_dict()})
 
 
 def _training_config(cfg: dict) -> dict:
@@ -382,7 +388,8 @@ def restore_last(out: Path, config: dict, model: torch.nn.Module, method: torch.
     saved = from_dict(Config, state["config"]).to_dict()
     if _training_config(saved) != _training_config(config):
         diff = [k for k in saved if saved[k] != config[k]]
-        raise DistillscopeError(f"cannot resume '{out}': config differs from the saved run in {', '.join(diff)}; resume with the saved config.yaml")
+        raise DistillscopeError(f"cannot resume '{out}': config differs from the saved run in {', '.join(diff)}; "
+                                "resume with the saved config.yaml")
     model.load_state_dict(unprefixed("model", tensors))
     method.load_state_dict(unprefixed("method", tensors))
     if teacher is not None:

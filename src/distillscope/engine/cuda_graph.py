@@ -19,6 +19,21 @@ from typing import Callable
 import torch
 
 from ..data import Batch
+from ..errors import DistillscopeError
+
+
+def refuse_graph(name: str, method, device: torch.device, processes: int, fp16: bool) -> None:
+    """One line saying why ``run.cuda_graph=true`` cannot replay this run's step, if it cannot."""
+    why = (
+        f"method '{name}', which draws a new extra view on the host every step" if method.needs_extra_view
+        else f"method '{name}', which draws partner samples on the host every epoch" if method.needs_pairs
+        else f"run.device={device}" if device.type != "cuda"
+        else f"{processes} processes" if processes > 1
+        else "run.precision=fp16 (its gradient scaler reads the device every step)" if fp16
+        else None
+    )
+    if why:
+        raise DistillscopeError(f"run.cuda_graph=true needs one CUDA process in fp32 or bf16, not {why}; set run.cuda_graph=false")
 
 
 class GraphedStep:
@@ -54,7 +69,8 @@ class GraphedStep:
 
     def _load(self, batch: Batch) -> None:
         if self.static is None:
-            self.static = Batch(batch.images.clone(), batch.targets.clone(), batch.index.clone(), {k: v.clone() for k, v in batch.aug.items()})
+            self.static = Batch(batch.images.clone(), batch.targets.clone(), batch.index.clone(),
+                                {k: v.clone() for k, v in batch.aug.items()})
             return
         for dst, src in ((self.static.images, batch.images), (self.static.targets, batch.targets), (self.static.index, batch.index)):
             dst.copy_(src, non_blocking=True)

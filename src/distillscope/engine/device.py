@@ -1,10 +1,13 @@
-"""Where a run computes and how it is seeded: device choice, a description of the machine, RNG seeds."""
+"""Where a run computes and how it is seeded: device choice, a description of the machine, RNG seeds, stop signals."""
 from __future__ import annotations
 
 import hashlib
 import os
 import platform
 import random
+import signal
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -54,3 +57,26 @@ def view_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Gen
     """The CPU generator of a method's extra view at ``step`` of ``epoch`` (independent streams per key)."""
     key = hashlib.sha256(f"extra-view/{seed}/{epoch}/{step}/{rank}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """While inside, SIGINT/SIGTERM set ``stop`` (the run checkpoints at its next chance); a second signal stops at once.
+    Outside the main thread signals cannot be caught, and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            signal.default_int_handler(signum, frame)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

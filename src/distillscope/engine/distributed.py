@@ -111,7 +111,8 @@ class ShardedLoader(Loader):
         if global_batch % world:
             raise DistillscopeError(f"data.batch_size={global_batch} (the global batch) must be divisible by the {world} processes")
         if len(dataset) < global_batch:
-            raise DistillscopeError(f"the training set ({len(dataset)} images) is smaller than one global batch ({global_batch}); lower data.batch_size")
+            raise DistillscopeError(f"the training set ({len(dataset)} images) is smaller than one global batch ({global_batch}); "
+                                    "lower data.batch_size")
         super().__init__(dataset, global_batch // world, mean, std, **{**kwargs, "drop_last": True})
         self.global_batch, self.rank, self.world = global_batch, rank, world
 

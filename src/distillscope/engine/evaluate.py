@@ -9,7 +9,8 @@ from ..data.loader import Loader
 
 
 @torch.no_grad()
-def collect_logits(model: nn.Module, loader: Loader, amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collect_logits(model: nn.Module, loader: Loader,
+                   amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``model`` in eval mode over ``loader``; returns float32 ``(logits, targets, index)`` on the CPU."""
     was_training = model.training
     model.eval()

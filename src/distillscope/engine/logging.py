@@ -1,11 +1,14 @@
-"""Per-epoch metric logs: CSV and JSONL rewritten from the run's history, TensorBoard when installed."""
+"""Per-epoch metric logs: CSV and JSONL rewritten from the run's history, and the trackers of ``run.loggers``."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+
+from .trackers import open_trackers
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -15,16 +18,12 @@ def _replace_text(path: Path, text: str) -> None:
 
 
 class RunLogger:
-    """Writes ``metrics.csv`` and ``metrics.jsonl`` (one row per epoch) and TensorBoard scalars."""
+    """Writes ``metrics.csv`` and ``metrics.jsonl`` (one row per epoch) and hands each new row, then the summary,
+    to the trackers of ``run.loggers`` (``engine/trackers.py``)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, config: dict | None = None):
         self.out_dir = out_dir
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(out_dir / "tensorboard"))
-        except ImportError:
-            self._tb = None
+        self.trackers = open_trackers(config["run"]["loggers"], out_dir, config) if config else []
 
     def write(self, history: list[dict]) -> None:
         columns = list(dict.fromkeys(key for row in history for key in row))
@@ -34,16 +33,25 @@ class RunLogger:
         writer.writerows(history)
         _replace_text(self.out_dir / "metrics.csv", buf.getvalue())
         _replace_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-        if self._tb is not None and history:
-            row = history[-1]
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, row["epoch"])
-            self._tb.flush()
+        for tracker in self.trackers if history else ():  # the new epoch only: a resumed run logs no step twice
+            tracker.log(history[-1], history[-1]["epoch"])
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+    def close(self, summary: dict | None = None) -> None:
+        """End the trackers' runs: with the run's ``summary``, or without one (``None``) when it stopped early."""
+        for tracker in self.trackers:
+            tracker.finish(summary)
+        self.trackers = []
+
+    @staticmethod
+    @contextmanager
+    def closing_on_error(logger: RunLogger | None):
+        """Inside, an interruption or failure ends the trackers' runs without a summary (``logger`` None: rank > 0)."""
+        try:
+            yield
+        except BaseException:
+            if logger is not None:
+                logger.close()
+            raise
 
 
 def format_row(row: dict, epochs: int, splits, entropy_T: tuple | None, improved: bool) -> str:

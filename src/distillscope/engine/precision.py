@@ -30,7 +30,8 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def choose_precision(requested: str, device: torch.device, probe: Callable[[torch.dtype | None], float] | None = None, key: str = "") -> tuple[str, str]:
+def choose_precision(requested: str, device: torch.device, probe: Callable[[torch.dtype | None], float] | None = None,
+                     key: str = "") -> tuple[str, str]:
     """``(precision name, reason)`` for ``run.precision``; ``probe(dtype)`` returns seconds per step."""
     if requested != "auto":
         return requested, "set in the config"
@@ -92,3 +93,19 @@ def saved_precision(out: Path, requested: str, device: torch.device) -> tuple[st
     if "precision" not in state:  # a run saved before precisions were recorded
         return choose_precision(requested, device)
     return state["precision"], state.get("precision_reason", "restored")
+
+
+def run_precision(cfg, out: Path, resume: bool, device: torch.device, student: nn.Module, teachers: list[nn.Module], train,
+                  memory_format: torch.memory_format) -> tuple[str, str]:
+    """A run's precision: the saved one on resume, else ``run.precision`` (``auto`` times fp32 and bf16 steps of the
+    run's models at its batch shape, keyed by machine, threads, models and shape)."""
+    from .device import describe_machine
+
+    run, d = cfg.run, cfg.data
+    if resume:
+        return saved_precision(out, run.precision, device)
+    shape = (d.batch_size, *(train.images.shape[1:] if hasattr(train, "images") else train[0][0].shape))
+    models = "+".join(m.name for m in (cfg.student, cfg.teacher, *cfg.teachers) if m is not None)
+    key = (f"{describe_machine(device)}|torch {torch.__version__}|{torch.get_num_threads()} threads|{models}|batch {d.batch_size}"
+           f"|{shape[1:]}|cl {run.channels_last}")
+    return choose_precision(run.precision, device, lambda dtype: time_models(student, teachers, shape, device, memory_format, dtype), key)

@@ -26,14 +26,29 @@ from .checkpoint import fit_weights, read_weights
 from .evaluate import collect_logits
 
 
-def _first_difference(a: list | None, b: list) -> str:
+def _first_difference(a: list | None, b: list, who: str = "teacher") -> str:
     if a is None:
-        return "the teacher recorded none"
+        return f"the {who} recorded none"
     i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"class {i}: teacher '{a[i] if i < len(a) else '-'}', data '{b[i] if i < len(b) else '-'}'"
+    return f"class {i}: {who} '{a[i] if i < len(a) else '-'}', data '{b[i] if i < len(b) else '-'}'"
 
 
-def load_teacher(spec, data, data_spec: str, device: torch.device, memory_format: torch.memory_format, role: str = "teacher") -> nn.Module | None:
+def warn_other_data(state: dict | None, data_spec: str, classes: list[str] | None, who: str = "teacher", use: str = "this run uses",
+                    why: str = "distilling across datasets is rarely intended") -> None:
+    """Warn when a checkpoint's recorded class names (``classes``, when given) or data spec differ from the data it is
+    used on: ``train`` for its teacher(s), ``eval`` and ``explain`` for the models they evaluate."""
+    if state is None:
+        return
+    if classes is not None and state.get("classes") != classes:
+        here = "this run's" if who == "teacher" else "the data's"
+        warn(f"the {who}'s class names differ from {here} ({_first_difference(state.get('classes'), classes, who)}); "
+             "check that the class order matches")
+    elif state.get("data") and not same_data(state["data"], data_spec):
+        warn(f"the {who} was trained on '{state['data']}' but {use} '{data_spec}'; {why}")
+
+
+def load_teacher(spec, data, data_spec: str, device: torch.device, memory_format: torch.memory_format,
+                 role: str = "teacher") -> nn.Module | None:
     """The frozen, eval-mode teacher of ``spec`` (a ``ModelConfig``) for ``data``; ``None`` without a checkpoint."""
     if spec is None or not spec.checkpoint:
         return None
@@ -46,10 +61,7 @@ def load_teacher(spec, data, data_spec: str, device: torch.device, memory_format
     if state is not None and state["num_classes"] != data.num_classes:
         raise DistillscopeError(f"{role} has {state['num_classes']} classes but data '{data_spec}' has {data.num_classes}")
     fit_weights(model, weights, str(file))
-    if state is not None and state.get("classes") != data.classes:
-        warn(f"the teacher's class names differ from this run's ({_first_difference(state.get('classes'), data.classes)}); check that the class order matches")
-    elif state is not None and not same_data(state.get("data", ""), data_spec):
-        warn(f"the teacher was trained on '{state.get('data')}' but this run uses '{data_spec}'; distilling across datasets is rarely intended")
+    warn_other_data(state, data_spec, data.classes)
     model.eval().requires_grad_(False)
     return model.to(device, memory_format=memory_format)
 
@@ -80,7 +92,7 @@ def open_teacher_cache(cfg: Config, spec, teacher: nn.Module | None, taps: Featu
     root = default_cache_root() if run.teacher_cache == "auto" else Path(run.teacher_cache)
     names = {name: canonical_tap(teacher, tap) for name, tap in taps.taps.items()}
     try:
-        return TeacherCache.open(root, key, device, index_and_targets(data.train)[0], names)
+        return TeacherCache.open(root, key, device, index_and_targets(data.train)[0], names, budget=run.teacher_cache_budget_gib)
     except CacheSpaceError as err:
         if run.teacher_cache != "auto":
             raise
@@ -164,7 +176,8 @@ def teacher_side(student_taps: FeatureTaps, teacher_taps: FeatureTaps | None, te
     """The run's strategy: several teachers (all cached, or all live), a self-teacher for a pairing method,
     no teacher, or one teacher, cached when its cache opened."""
     if teachers_taps:
-        return SeveralTeachers([CachedTeacher(t, c) for t, c in zip(teachers_taps, caches)] if caches else [LiveTeacher(t) for t in teachers_taps])
+        return SeveralTeachers([CachedTeacher(t, c) for t, c in zip(teachers_taps, caches)] if caches
+                               else [LiveTeacher(t) for t in teachers_taps])
     if teacher_taps is None:
         return SelfTeacher(student_taps) if pairs else NoTeacher()
     return CachedTeacher(teacher_taps, cache) if cache is not None else LiveTeacher(teacher_taps, trains_teacher)
@@ -190,7 +203,8 @@ def mask_warnings(mask, teachers: list[FeatureTaps], data, device: torch.device)
     unit = "positions" if by_position else "entries"
     return tuple(
         f"the SFKD mask leaves teacher tap '{spec}' unchanged on 64 training images: at most {share:.0%} of its {unit} are nonzero "
-        f"(a map after a ReLU is mostly zeros) and K keeps them all; choose K below {share:.2f} to mask it" for spec, share in sorted(shares.items()))
+        f"(a map after a ReLU is mostly zeros) and K keeps them all; choose K below {share:.2f} to mask it"
+        for spec, share in sorted(shares.items()))
 
 
 def ensemble_top1(teachers: list[nn.Module], loader: Loader, amp_dtype: torch.dtype | None) -> float:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import signal
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,14 +26,15 @@ from ..methods import Outputs, TrainingInfo, create_method
 from ..methods.sfkd import softening_temperature, teacher_entropy_sums
 from ..models import FeatureTaps, create_model
 from .checkpoint import load_weights, model_meta, restore_last, resumable, save_last, save_model, start_run_folder
-from .cuda_graph import GraphedStep
-from .device import describe_machine, pick_device, seed_everything, view_generator
+from .cuda_graph import GraphedStep, refuse_graph
+from .device import describe_machine, pick_device, seed_everything, stop_on_signals, view_generator
 from .distributed import Distributed, ShardedLoader, sync_batchnorm
 from .evaluate import classification_metrics, collect_logits, topk_correct
 from .logging import RunLogger, format_row
-from .precision import AMP_DTYPES, choose_precision, saved_precision, time_models
+from .precision import AMP_DTYPES, run_precision
 from .schedule import lr_at
 from .teachers import ensemble_top1, load_teacher, mask_warnings, open_teacher_cache, teacher_side
+from .trackers import require as require_trackers
 
 
 class TrainingInterrupted(DistillscopeError):
@@ -47,10 +46,11 @@ class NonFiniteLoss(DistillscopeError):
 
 
 class Trainer:
-    """Train ``config.student`` with ``config.method`` into the run folder ``out_dir``."""
+    """Train ``config.student`` with ``config.method`` into run folder ``out_dir``; ``build`` replaces data/student/teacher factories."""
 
-    def __init__(self, config: Config, out_dir: str | Path, resume: bool = False):
+    def __init__(self, config: Config, out_dir: str | Path, resume: bool = False, build: dict | None = None):
         self.cfg, self.out = config, Path(out_dir)
+        require_trackers(config.run.loggers)  # a missing tracker package fails here, before the run folder exists
         self.dist = Distributed.from_env(pick_device(config.run.device))
         resume = resumable(self.out, resume, self.dist.is_main)
         seed_everything(config.seed, config.run.deterministic)
@@ -59,18 +59,24 @@ class Trainer:
         self.device = self.dist.place(pick_device(config.run.device))
         self.memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
 
-        d = config.data
-        self.data = load_data(d.spec, d.val_fraction, d.split_seed)
-        loader_args = dict(mean=self.data.mean, std=self.data.std, device=self.device, channels_last=config.run.channels_last, num_workers=d.num_workers)
+        d, self.build = config.data, dict(data=load_data, student=create_model, teacher=load_teacher) | (build or {})
+        self.data = self.build["data"](d.spec, d.val_fraction, d.split_seed)
+        loader_args = dict(mean=self.data.mean, std=self.data.std, device=self.device, channels_last=config.run.channels_last,
+                           num_workers=d.num_workers)
         shard = dict(rank=self.dist.rank, world=self.dist.world) if self.dist.enabled else {}
-        self.train_loader = (ShardedLoader if shard else Loader)(self.data.train, d.batch_size, train=True, **shard, seed=config.seed, pad=d.pad, flip=d.flip, augment=d.augment, scale=d.crop_scale, ratio=d.crop_ratio, drop_last=len(self.data.train) > d.batch_size, **loader_args)
-        self.eval_loaders = {split: Loader(ds, d.eval_batch_size, **loader_args) for split, ds in (("val", self.data.val), ("test", self.data.test)) if ds is not None}
+        self.train_loader = (ShardedLoader if shard else Loader)(
+            self.data.train, d.batch_size, train=True, **shard, seed=config.seed, pad=d.pad, flip=d.flip, augment=d.augment,
+            scale=d.crop_scale, ratio=d.crop_ratio, drop_last=len(self.data.train) > d.batch_size, **loader_args)
+        self.eval_loaders = {split: Loader(ds, d.eval_batch_size, **loader_args)
+                             for split, ds in (("val", self.data.val), ("test", self.data.test)) if ds is not None}
 
         self.student = self._build_student()
         placed = (self.data, d.spec, self.device, self.memory_format)
-        self.teacher = load_teacher(config.teacher, *placed)
+        self.teacher = self.build["teacher"](config.teacher, *placed)
         self.teachers = [load_teacher(t, *placed, f"teachers[{i}]") for i, t in enumerate(config.teachers)]  # multi-teacher methods
-        self.precision_name, self.precision_reason = self.dist.agree(self._precision(resume), self.device)  # auto times each rank: all take rank 0's choice
+        teachers = [t for t in (self.teacher, *self.teachers) if t is not None]
+        chosen = run_precision(config, self.out, resume, self.device, self.student, teachers, self.data.train, self.memory_format)
+        self.precision_name, self.precision_reason = self.dist.agree(chosen, self.device)  # auto times each rank: all take rank 0's
         self.amp_dtype = AMP_DTYPES[self.precision_name]
         params = {k: v for k, v in config.method.items() if k != "name"}
         self.method = create_method(config.method["name"], **params)
@@ -80,7 +86,8 @@ class Trainer:
         self.teachers_taps = [FeatureTaps(t, self.method.taps(self.student, t)[1]) for t in self.teachers]
         self._build_method()
         self.model = self.method.deployable(self.student)  # what is evaluated and saved (the student, or e.g. SimKD's)
-        self.model_meta = model_meta(config.student.name, self.precision_name, self.data, d.spec, self.feature_shapes if self.model is not self.student else None)
+        self.model_meta = model_meta(config.student.name, self.precision_name, self.data, d.spec,
+                                     self.feature_shapes if self.model is not self.student else None)
         logit_mask = self.method.mask is not None and self.method.mask.logits is not None
         self.entropy_T = softening_temperature(self.method) if logit_mask else None  # (T, note): the teacher entropy is recorded
         self.entropy_step = torch.zeros(2, device=self.device) if logit_mask else None  # written in place by each step (and graph replay)
@@ -91,8 +98,8 @@ class Trainer:
         if self.trains_teacher:
             self.teacher.train().requires_grad_(True)
             trainable += list(self.teacher.parameters())
-        open_cache = functools.partial(open_teacher_cache, config, data=self.data, train_loader=self.train_loader, precision=self.precision_name,
-                                       trains_teacher=self.trains_teacher, device=self.device)
+        open_cache = functools.partial(open_teacher_cache, config, data=self.data, train_loader=self.train_loader,
+                                       precision=self.precision_name, trains_teacher=self.trains_teacher, device=self.device)
         self.teacher_cache = open_cache(config.teacher, self.teacher, self.teacher_taps)
         caches = [open_cache(*t) for t in zip(config.teachers, self.teachers, self.teachers_taps)]
         self.teacher_caches = caches if caches and None not in caches else []  # one per teacher, or none
@@ -107,7 +114,8 @@ class Trainer:
                     model.compile()  # in place: state-dict keys and the taps' hooks stay
         o, graphs = config.optim, config.run.cuda_graph
         lr = torch.tensor(o.lr, device=self.device) if graphs else o.lr  # a graph reads the rate from device memory
-        self.optimizer = torch.optim.SGD(trainable, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay, fused=graphs or None)
+        self.optimizer = torch.optim.SGD(trainable, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+                                         fused=graphs or None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.run.precision == "fp16")
         self.graphed = self._graphed_step() if graphs else None
         self.trainable = trainable
@@ -120,35 +128,24 @@ class Trainer:
         self.seconds: float | None = 0.0  # wall time of the finished epochs over all sittings (None: an older run did not count it)
         self._stop = threading.Event()
         if resume:
-            state = restore_last(self.out, config.to_dict(), self.model, self.method, self.teacher if self.trains_teacher else None, self.optimizer, self.scaler, self.device)
+            state = restore_last(self.out, config.to_dict(), self.model, self.method, self.teacher if self.trains_teacher else None,
+                                 self.optimizer, self.scaler, self.device)
             self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
             self.sums, self.train_seconds, self.history, self.best = state["sums"], state["train_seconds"], state["history"], state["best"]
             self.seconds = state.get("seconds")
         elif self.dist.is_main:
             start_run_folder(self.out, config.to_dict())  # once everything was built without error
-        self.logger = RunLogger(self.out) if self.dist.is_main else None
+        self.logger = RunLogger(self.out, config.to_dict()) if self.dist.is_main else None  # rank 0 logs (and tracks)
 
     # ----------------------------------------------------------------- setup
     def _build_student(self) -> torch.nn.Module:
         s = self.cfg.student
-        model = create_model(s.name, num_classes=self.data.num_classes)
+        model = self.build["student"](s.name, num_classes=self.data.num_classes)
         if s.checkpoint:
             load_weights(model, s.checkpoint, s.skip_keys)
         if self.cfg.run.sync_bn and self.dist.enabled:
             model = sync_batchnorm(model, self.device)
         return model.to(self.device, memory_format=self.memory_format)
-
-    def _precision(self, resume: bool) -> tuple[str, str]:
-        """The saved precision on resume, else ``run.precision`` (``auto`` times fp32 and bf16 steps at the run's batch shape)."""
-        run, d = self.cfg.run, self.cfg.data
-        if resume:
-            return saved_precision(self.out, run.precision, self.device)
-        train = self.data.train
-        shape = (d.batch_size, *(train.images.shape[1:] if hasattr(train, "images") else train[0][0].shape))
-        models = "+".join(m.name for m in (self.cfg.student, self.cfg.teacher, *self.cfg.teachers) if m is not None)
-        key = f"{describe_machine(self.device)}|torch {torch.__version__}|{torch.get_num_threads()} threads|{models}|batch {d.batch_size}|{shape[1:]}|cl {run.channels_last}"
-        teachers = [t for t in (self.teacher, *self.teachers) if t is not None]
-        return choose_precision(run.precision, self.device, functools.partial(time_models, self.student, teachers, shape, self.device, self.memory_format), key)
 
     def _build_method(self) -> None:
         """Show the method its features' shapes and the training data once, so it can create its state."""
@@ -162,8 +159,9 @@ class Trainer:
             teacher_shapes = shapes[0] if shapes else {}  # multi-teacher: the first one's (recorded with the run)
         index, targets = index_and_targets(self.data.train)
         info = TrainingInfo(self.data.num_classes, index, targets, self.cfg.epochs, len(self.train_loader))
-        self.method.build(student_shapes, shapes if self.method.multi_teacher else teacher_shapes, info)  # multi-teacher: one mapping per teacher
-        self.feature_shapes = {"student": {k: list(v) for k, v in student_shapes.items()}, "teacher": {k: list(v) for k, v in teacher_shapes.items()}}
+        self.method.build(student_shapes, shapes if self.method.multi_teacher else teacher_shapes, info)  # multi-teacher: one per teacher
+        self.feature_shapes = {role: {k: list(v) for k, v in found.items()}
+                               for role, found in (("student", student_shapes), ("teacher", teacher_shapes))}
         self.method.to(self.device)
         self.method.run_warnings = (*self.method.run_warnings, *mask_warnings(self.method.mask, teachers, self.data, self.device))
 
@@ -172,28 +170,24 @@ class Trainer:
         m, name = self.method, self.cfg.method["name"]
         if m.needs_pairs:
             if self.teacher is not None:
-                raise DistillscopeError(f"method '{name}' pairs samples and uses its own outputs on them as the teacher; remove the teacher section")
+                raise DistillscopeError(f"method '{name}' pairs samples and uses its own outputs on them as the teacher; "
+                                        "remove the teacher section")
             self.train_loader.pair_rows = m.pair_rows
         if m.prediction_split is not None:
             splits = ["train", *self.eval_loaders]
             if m.prediction_split not in splits:
-                raise DistillscopeError(f"method '{name}' wants predictions on '{m.prediction_split}', which this run lacks (splits: {', '.join(splits)}); set data.val_fraction > 0 or choose another split")
+                raise DistillscopeError(f"method '{name}' wants predictions on '{m.prediction_split}', which this run lacks "
+                                        f"(splits: {', '.join(splits)}); set data.val_fraction > 0 or choose another split")
             if m.prediction_split == "train":
                 d = self.cfg.data
-                self.train_eval_loader = Loader(self.data.train, d.eval_batch_size, self.data.mean, self.data.std, device=self.device, channels_last=self.cfg.run.channels_last, num_workers=d.num_workers)
+                self.train_eval_loader = Loader(self.data.train, d.eval_batch_size, self.data.mean, self.data.std, device=self.device,
+                                                channels_last=self.cfg.run.channels_last, num_workers=d.num_workers)
         for message in m.run_warnings:
             warn(f"method '{name}': {message}")
 
     def _graphed_step(self) -> GraphedStep:
-        why = (
-            f"method '{self.cfg.method['name']}', which draws a new extra view on the host every step" if self.method.needs_extra_view
-            else f"run.device={self.device}" if self.device.type != "cuda"
-            else f"{self.dist.world} processes" if self.dist.enabled
-            else "run.precision=fp16 (its gradient scaler reads the device every step)" if self.scaler.is_enabled()
-            else None
-        )
-        if why:
-            raise DistillscopeError(f"run.cuda_graph=true needs one CUDA process in fp32 or bf16, not {why}; set run.cuda_graph=false")
+        processes = self.dist.world if self.dist.enabled else 1
+        refuse_graph(self.cfg.method["name"], self.method, self.device, processes, self.scaler.is_enabled())
         caches = self.teacher_side.caches
         return GraphedStep(lambda batch, epoch: self._train_step(batch, epoch), self.device, ready=lambda: all(c.complete for c in caches))
 
@@ -206,7 +200,8 @@ class Trainer:
 
     def _train_step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         view = self._extra_view(batch, epoch) if self.method.needs_extra_view else None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None, cache_enabled=not self.cfg.run.cuda_graph):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
+                            cache_enabled=not self.cfg.run.cuda_graph):
             logits, features = self.student_taps(batch.images)
             student, teacher = Outputs(logits, features), self.teacher_side.outputs(batch)
             if view is not None:  # the student (with gradient) and the teacher(s) on the method's extra view too
@@ -237,7 +232,8 @@ class Trainer:
         start = self.sums if self.dist.is_main else dict.fromkeys(self.sums, 0.0)  # ranks' sums are added up at log points
         sums = {k: torch.tensor(v, device=self.device, dtype=torch.float64) for k, v in start.items()}
         show = self.cfg.run.progress and self.dist.is_main
-        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=None if show else True, leave=False)
+        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=None if show else True,
+                   leave=False)
         started = time.perf_counter()
         for batch in loader.epoch(epoch, self.step_in_epoch):
             lr = lr_at(self.cfg.optim, self.step, steps, self.cfg.epochs)
@@ -261,7 +257,8 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - started
                 bar.close()
                 self._checkpoint()
-                raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {self.step_in_epoch}; checkpoint saved in '{self.out}'; continue with --resume")
+                raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {self.step_in_epoch}; checkpoint saved in '{self.out}'; "
+                                          "continue with --resume")
         bar.close()
         self.train_seconds += time.perf_counter() - started
         self.method.on_epoch_end(epoch)
@@ -282,7 +279,8 @@ class Trainer:
     def _check_finite(self, epoch: int) -> None:
         bad = [k[5:] for k, v in self.sums.items() if k.startswith("loss/") and not math.isfinite(v)]
         if bad:
-            raise NonFiniteLoss(f"loss term(s) {', '.join(bad)} became non-finite in epoch {epoch + 1}; last good checkpoint kept in '{self.out}'; lower optim.lr or set optim.clip_grad_norm")
+            raise NonFiniteLoss(f"loss term(s) {', '.join(bad)} became non-finite in epoch {epoch + 1}; last good checkpoint kept in "
+                                f"'{self.out}'; lower optim.lr or set optim.clip_grad_norm")
 
     def _epoch_row(self, epoch: int) -> tuple[dict, dict[str, tuple]]:
         """The epoch's metrics row, and each evaluated split's ``(logits, targets, index)``."""
@@ -312,7 +310,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to ``config.epochs`` (or from where a resumed run stopped); returns the summary."""
-        with self._signals_checkpoint():
+        with stop_on_signals(self._stop), RunLogger.closing_on_error(self.logger):
             while self.epoch < self.cfg.epochs:
                 self.train_epoch(self.epoch)
                 evaluating = time.perf_counter()
@@ -333,20 +331,23 @@ class Trainer:
                     self.logger.write(self.history)
                     tqdm.write(format_row(row, self.cfg.epochs, self.eval_loaders, self.entropy_T, improved))
                 if self.dist.any(self._stop.is_set(), self.device):
-                    raise TrainingInterrupted(f"interrupted after epoch {self.epoch}; checkpoint saved in '{self.out}'; continue with --resume")
-        if self.dist.is_main:
-            self.logger.close()
+                    raise TrainingInterrupted(f"interrupted after epoch {self.epoch}; checkpoint saved in '{self.out}'; "
+                                              "continue with --resume")
         summary = self.write_summary()
+        if self.dist.is_main:
+            self.logger.close(summary)
         self.dist.close()
         return summary
 
     def write_summary(self) -> dict:
         last = self.history[-1] if self.history else None
         summary = {
-            "name": self.cfg.name, "student": self.cfg.student.name, "method": self.cfg.method["name"], "epochs": self.epoch, "seed": self.cfg.seed,
+            "name": self.cfg.name, "student": self.cfg.student.name, "method": self.cfg.method["name"], "epochs": self.epoch,
+            "seed": self.cfg.seed,
             "best": self.best, "last": last, "best_selected_on": "val/top1" if self.best else None, "seconds": self.seconds,
             "warnings": list(self.method.run_warnings),
-            "precision": self.precision_name, "precision_reason": self.precision_reason, "machine": describe_machine(self.device), "threads": torch.get_num_threads(),
+            "precision": self.precision_name, "precision_reason": self.precision_reason, "machine": describe_machine(self.device),
+            "threads": torch.get_num_threads(),
             "config": self.cfg.to_dict(),
             "teacher_cache": [{"folder": str(c.folder), "features": list(c.storage.features), "filled": c.filled_fraction()}
                               for c in self.teacher_side.caches],  # empty: the teacher(s) ran every step
@@ -362,26 +363,6 @@ class Trainer:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    @contextmanager
-    def _signals_checkpoint(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def request_stop(signum, frame):
-            if self._stop.is_set():  # a second signal stops at once
-                signal.default_int_handler(signum, frame)
-            self._stop.set()
-
-        for sig in previous:
-            signal.signal(sig, request_stop)
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
     # ----------------------------------------------------------------- checkpoints
     def _save_model(self, name: str, row: dict) -> None:
         if self.dist.is_main:
@@ -391,7 +372,8 @@ class Trainer:
         """Write ``last.safetensors``: everything a resume needs (rank 0)."""
         if not self.dist.is_main:
             return
-        progress = {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch, "precision_reason": self.precision_reason, "sums": self.sums,
-                    "train_seconds": self.train_seconds, "seconds": self.seconds, "history": self.history, "best": self.best}
-        save_last(self.out, self.model, self.method, self.teacher if self.trains_teacher else None, self.optimizer, self.scaler, self.device,
-                  {**self.model_meta, "config": self.cfg.to_dict(), **progress})
+        progress = {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch, "precision_reason": self.precision_reason,
+                    "sums": self.sums, "train_seconds": self.train_seconds, "seconds": self.seconds, "history": self.history,
+                    "best": self.best}
+        save_last(self.out, self.model, self.method, self.teacher if self.trains_teacher else None, self.optimizer, self.scaler,
+                  self.device, {**self.model_meta, "config": self.cfg.to_dict(), **progress})

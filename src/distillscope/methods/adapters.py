@@ -16,7 +16,8 @@ def check_tap_lists(method: str, student_taps, teacher_taps) -> None:
     """Both lists of tap specs given (same length, non-empty) or both left out."""
     for name, value in (("student_taps", student_taps), ("teacher_taps", teacher_taps)):
         if value is not None and (not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)):
-            raise DistillscopeError(f"method {method}: {name} should be a non-empty list of tap specs, e.g. [stage:1, stage:2], got {value!r}")
+            raise DistillscopeError(f"method {method}: {name} should be a non-empty list of tap specs, e.g. [stage:1, stage:2], got "
+                                    f"{value!r}")
     if (student_taps is None) != (teacher_taps is None) or (student_taps and len(student_taps) != len(teacher_taps)):
         raise DistillscopeError(f"method {method}: give student_taps and teacher_taps together, one teacher tap per student tap")
 
@@ -71,7 +72,8 @@ def hint_regressor(method: str, student_shape, teacher_shape, match: str = "upsa
     it is half, otherwise a valid conv of kernel 1 + (student − teacher size) -- and a ReLU follows the BN.
     """
     if len(student_shape) != 4 or len(teacher_shape) != 4:
-        raise DistillscopeError(f"method {method}: the hint taps must be 4-D maps (N, C, H, W), got student {list(student_shape)} and teacher {list(teacher_shape)}; tap a stage")
+        raise DistillscopeError(f"method {method}: the hint taps must be 4-D maps (N, C, H, W), got student {list(student_shape)} and "
+                                f"teacher {list(teacher_shape)}; tap a stage")
     (_, s_c, s_h, s_w), (_, t_c, t_h, t_w) = student_shape, teacher_shape
     if match == "upsample":
         layers = [nn.Conv2d(s_c, t_c, 1, bias=False), nn.BatchNorm2d(t_c)]
@@ -85,7 +87,8 @@ def hint_regressor(method: str, student_shape, teacher_shape, match: str = "upsa
     elif s_h >= t_h and s_w >= t_w:
         conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
     else:
-        raise DistillscopeError(f"method {method}: the student map is {s_h}×{s_w} but a teacher's is {t_h}×{t_w}; tap a student stage at least as large (or half as large)")
+        raise DistillscopeError(f"method {method}: the student map is {s_h}×{s_w} but a teacher's is {t_h}×{t_w}; tap a student stage at "
+                                "least as large (or half as large)")
     return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
 
 

@@ -31,8 +31,8 @@ class AT(DistillMethod):
     Attention maps are channel-free, so any pair whose taps resolve works without adapters.
     """
 
-    def __init__(self, p: float = 2.0, at_weight: float = 1000.0, student_taps: list[str] | None = None, teacher_taps: list[str] | None = None,
-                 ce_weight: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, p: float = 2.0, at_weight: float = 1000.0, student_taps: list[str] | None = None,
+                 teacher_taps: list[str] | None = None, ce_weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         check_tap_lists("at", student_taps, teacher_taps)
         self.p, self.at_weight, self.student_taps, self.teacher_taps = p, at_weight, student_taps, teacher_taps

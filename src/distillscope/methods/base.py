@@ -2,11 +2,12 @@
 
 A method is an ``nn.Module``. The trainer asks it which features to tap (:meth:`taps`), shows it the
 shapes of those features and the training set's indices and labels once (:meth:`build`, where adapters
-and per-sample buffers are created; adapter parameters join the optimiser), then calls it every step with the student's and teacher's outputs, the batch (targets,
-sample indices, augmentation record) and the epoch. It returns ``{term: loss}``; the trainer sums and
-logs the terms. Per-sample state lives in the method's buffers (keyed by ``batch.index``) and is saved
-in checkpoints with the rest of its state. Teacher-free methods set ``needs_teacher = False``; methods
-that update the teacher too (online/mutual distillation) set ``freeze_teacher = False``.
+and per-sample buffers are created; adapter parameters join the optimiser), then calls it every step
+with the student's and teacher's outputs, the batch (targets, sample indices, augmentation record) and
+the epoch. It returns ``{term: loss}``; the trainer sums and logs the terms. Per-sample state lives in
+the method's buffers (keyed by ``batch.index``) and is saved in checkpoints with the rest of its state.
+Teacher-free methods set ``needs_teacher = False``; methods that update the teacher too (online/mutual
+distillation) set ``freeze_teacher = False``.
 
 Every method also accepts ``mask`` (SFKD salient masking, :mod:`.sfkd`): :meth:`forward` masks the
 teacher's outputs once per step, before :meth:`distill_losses` sees them, so no method handles it.

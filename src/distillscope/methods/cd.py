@@ -95,10 +95,12 @@ class ConfusionDistillation(DistillMethod):
     ):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         phases = [30, 30, 60, 30, 150] if phases is None else phases
-        for key, value, valid in (("confusion_source", confusion_source, SOURCES), ("confusion", confusion, CONFUSIONS), ("structure", structure, STRUCTURES)):
+        for key, value, valid in (("confusion_source", confusion_source, SOURCES), ("confusion", confusion, CONFUSIONS),
+                                  ("structure", structure, STRUCTURES)):
             if value not in valid:
                 raise DistillscopeError(f"method cd: {key}={value!r} is not one of {', '.join(valid)}")
-        if not isinstance(phases, (list, tuple)) or not phases or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in phases):
+        if (not isinstance(phases, (list, tuple)) or not phases
+                or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in phases)):
             raise DistillscopeError(f"method cd: phases={phases!r} should be a list of positive integers, e.g. [30, 30, 60, 30, 150]")
         if not (0 <= smoothing < 1 and 0 <= momentum < 1 and T > 0):
             raise DistillscopeError("method cd: needs 0 <= smoothing < 1, 0 <= momentum < 1 and T > 0")
@@ -107,7 +109,8 @@ class ConfusionDistillation(DistillMethod):
         self.source = confusion_source
         self.prediction_split = None if confusion_source == "train_steps" else confusion_source
         if confusion_source == "test":
-            self.run_warnings = ("leaks test labels (confusion_source=test): Q is computed on the test set, so test labels shape training and test accuracy is optimistic; the authors' protocol, for comparison only",)
+            self.run_warnings = ("leaks test labels (confusion_source=test): Q is computed on the test set, so test labels shape training "
+                                 "and test accuracy is optimistic; the authors' protocol, for comparison only",)
 
     def build(self, student_shapes, teacher_shapes, info):
         k = info.num_classes

@@ -45,7 +45,8 @@ class CRD(DistillMethod):
                  student_tap: str = "embedding", teacher_tap: str = "embedding", ce_weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         if nce_k < 1 or not 0 <= nce_momentum < 1 or nce_t <= 0:
-            raise DistillscopeError(f"method crd: need nce_k >= 1, 0 <= nce_momentum < 1 and nce_t > 0 (got {nce_k}, {nce_momentum}, {nce_t})")
+            raise DistillscopeError(f"method crd: need nce_k >= 1, 0 <= nce_momentum < 1 and nce_t > 0 (got {nce_k}, {nce_momentum}, "
+                                    f"{nce_t})")
         self.crd_weight, self.feat_dim, self.nce_k, self.nce_t, self.nce_momentum = crd_weight, feat_dim, nce_k, nce_t, nce_momentum
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
 
@@ -65,7 +66,8 @@ class CRD(DistillMethod):
         targets = info.targets.long()
         counts = torch.bincount(targets, minlength=info.num_classes)
         if int((len(targets) - counts[targets]).min()) < 1:
-            raise DistillscopeError("method crd: every training sample needs samples of other classes as negatives; the training set has one class")
+            raise DistillscopeError("method crd: every training sample needs samples of other classes as negatives; "
+                                    "the training set has one class")
         self.register_buffer("by_class", info.index[torch.argsort(targets, stable=True)].long(), persistent=False)
         self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
         self.register_buffer("class_count", counts, persistent=False)

@@ -9,7 +9,8 @@ from .kd import standardise
 from .registry import register_method
 
 
-def dkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each a batch-mean KL scaled by T².
 
     TCKD compares the binary split b = (p_target, 1 − p_target) of softmax(z/T); NCKD compares the

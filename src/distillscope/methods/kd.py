@@ -44,7 +44,8 @@ class KD(DistillMethod):
     2024); T is then their "base temperature": their CIFAR-100 setting is T = 2, KD weight 9, CE weight 1.
     """
 
-    def __init__(self, T: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, label_smoothing: float = 0.0, logit_standardization: bool = False):
+    def __init__(self, T: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, label_smoothing: float = 0.0,
+                 logit_standardization: bool = False):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.T, self.kd_weight, self.logit_standardization = T, kd_weight, logit_standardization
 

@@ -73,8 +73,10 @@ class MLKD(DistillMethod):
     ):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         temperatures = DEFAULT_TEMPERATURES if temperatures is None else temperatures
-        if not isinstance(temperatures, (list, tuple)) or not temperatures or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures):
-            raise DistillscopeError(f"method mlkd: temperatures={temperatures!r} should be a non-empty list of positive numbers, e.g. [2, 3, 4, 5, 6]")
+        if (not isinstance(temperatures, (list, tuple)) or not temperatures
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures)):
+            raise DistillscopeError(f"method mlkd: temperatures={temperatures!r} should be a non-empty list of positive numbers, "
+                                    "e.g. [2, 3, 4, 5, 6]")
         strong_levels = ["instance"] if strong_levels is None else strong_levels
         valid = isinstance(strong_levels, (list, tuple)) and all(level in LEVELS for level in strong_levels)
         if not valid or len(set(strong_levels)) != len(strong_levels):
@@ -117,7 +119,8 @@ class MLKD(DistillMethod):
             losses = {level: value * (classes if level == "class" else samples) for level, value in losses.items()}
         if self.needs_extra_view:
             if student.view is None or teacher.view is None:
-                raise DistillscopeError("method mlkd: strong_aug needs the outputs on the extra view (student.view, teacher.view); train it with the Trainer")
+                raise DistillscopeError("method mlkd: strong_aug needs the outputs on the extra view (student.view, teacher.view); "
+                                        "train it with the Trainer")
             if self.ce_weight:
                 ce = F.cross_entropy(student.view.logits, batch.targets, label_smoothing=self.label_smoothing)
                 losses["ce_strong"] = self.ce_weight * ce

@@ -77,7 +77,8 @@ def min_norm_weights(gradients: torch.Tensor, cap: float, iterations: int = 300)
     return alpha
 
 
-@register_method("mtkd", family="multi-teacher", paper="Hinton et al., Distilling the Knowledge in a Neural Network (§2, ensembles)", year=2015)
+@register_method("mtkd", family="multi-teacher", paper="Hinton et al., Distilling the Knowledge in a Neural Network (§2, ensembles)",
+                 year=2015)
 class MultiTeacherKD(DistillMethod):
     """Average of the teachers' softened logits, then KD. Defaults as ``kd``: T = 4, KD weight 0.9, CE 0.1."""
 
@@ -93,7 +94,8 @@ class MultiTeacherKD(DistillMethod):
         return {"kd": self.kd_weight * F.kl_div(log_p_s, p_ensemble, reduction="batchmean") * self.T**2}
 
 
-@register_method("aekd", family="multi-teacher", paper="Du et al., Agree to Disagree: Adaptive Ensemble Knowledge Distillation in Gradient Space", year=2020)
+@register_method("aekd", family="multi-teacher",
+                 paper="Du et al., Agree to Disagree: Adaptive Ensemble Knowledge Distillation in Gradient Space", year=2020)
 class AdaptiveEnsembleKD(DistillMethod):
     """AEKD on logits: per-sample teacher weights from the student's logit gradients (module docstring).
 
@@ -103,7 +105,8 @@ class AdaptiveEnsembleKD(DistillMethod):
 
     multi_teacher = True
 
-    def __init__(self, T: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, label_smoothing: float = 0.0, C: float = 0.6, weights: str = "sample"):
+    def __init__(self, T: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, label_smoothing: float = 0.0, C: float = 0.6,
+                 weights: str = "sample"):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         if weights not in ("sample", "batch"):
             raise DistillscopeError(f"method aekd: weights={weights!r}; choose sample or batch")
@@ -115,7 +118,8 @@ class AdaptiveEnsembleKD(DistillMethod):
         p_s = F.softmax(student_logits.detach().float() / self.T, dim=1)
         gradients = torch.stack([self.T * (p_s - F.softmax(t.detach().float() / self.T, dim=1)) for t in teacher_logits], dim=1)
         if self.C * len(teacher_logits) < 1 - 1e-9:
-            raise DistillscopeError(f"method aekd: C={self.C} with {len(teacher_logits)} teachers cannot make weights sum to 1; set C >= {1 / len(teacher_logits):.3g}")
+            raise DistillscopeError(f"method aekd: C={self.C} with {len(teacher_logits)} teachers cannot make weights sum to 1; "
+                                    f"set C >= {1 / len(teacher_logits):.3g}")
         if self.weights == "batch":
             return min_norm_weights(gradients.double().mean(0, keepdim=True), self.C).float().expand(len(gradients), -1)
         return min_norm_weights(gradients.double(), self.C).float()
@@ -129,7 +133,8 @@ class AdaptiveEnsembleKD(DistillMethod):
         return {"kd": self.kd_weight * (alpha * per_teacher).sum(1).mean() * self.T**2}
 
 
-@register_method("aekd_f", family="multi-teacher", paper="Du et al., Agree to Disagree (AEKD, the feature variant of the authors' code)", year=2020)
+@register_method("aekd_f", family="multi-teacher", paper="Du et al., Agree to Disagree (AEKD, the feature variant of the authors' code)",
+                 year=2020)
 class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
     """AEKD-F: ``aekd`` on the logits plus a hint term with AEKD weights in the student's feature space (module docstring).
 
@@ -150,7 +155,8 @@ class AdaptiveEnsembleFeatureKD(AdaptiveEnsembleKD):
         return {"hint": self.student_tap}, {"hint": self.teacher_tap}
 
     def build(self, student_shapes, teacher_shapes, info):
-        self.regressors = nn.ModuleList(hint_regressor("aekd_f", student_shapes["hint"], shapes["hint"], match="conv") for shapes in teacher_shapes)
+        self.regressors = nn.ModuleList(hint_regressor("aekd_f", student_shapes["hint"], shapes["hint"], match="conv")
+                                        for shapes in teacher_shapes)
 
     def feature_weights(self, gradients: torch.Tensor) -> torch.Tensor:
         """α (M,) from the per-teacher gradients ∂H_m/∂f, shape (M, B, ...): batch means, unit-normalised, min-norm β, α_m ∝ β_m/‖ḡ_m‖."""

@@ -25,7 +25,8 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (p_t * torch.log((p_t + EPS) / (p_s + EPS))).mean()
 
 
-@register_method("pkt", family="relation", paper="Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer", year=2018)
+@register_method("pkt", family="relation", paper="Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer",
+                 year=2018)
 class PKT(DistillMethod):
     """PKT on the penultimate embedding: ``β · KL(P_t ‖ P_s)`` beside the label loss.
 

@@ -66,14 +66,16 @@ class ReviewKD(DistillMethod):
     weight 1, ``mid_channels`` = min(512, student embedding width) when left out.
     """
 
-    def __init__(self, reviewkd_weight: float = 5.0, warmup_epochs: float = 20.0, mid_channels: int | None = None, student_taps: list[str] | None = None,
-                 teacher_taps: list[str] | None = None, ce_weight: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, reviewkd_weight: float = 5.0, warmup_epochs: float = 20.0, mid_channels: int | None = None,
+                 student_taps: list[str] | None = None, teacher_taps: list[str] | None = None, ce_weight: float = 1.0,
+                 label_smoothing: float = 0.0):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         check_tap_lists("reviewkd", student_taps, teacher_taps)
         self.reviewkd_weight, self.warmup_epochs, self.mid_channels = reviewkd_weight, warmup_epochs, mid_channels
         self.student_taps, self.teacher_taps = student_taps, teacher_taps
 
-    taps_description = "every shared stage (student stage:i, teacher preact:i) + embedding"  # the methods table's taps column (default taps)
+    # the methods table's taps column (default taps)
+    taps_description = "every shared stage (student stage:i, teacher preact:i) + embedding"
 
     def taps(self, student, teacher):
         student_taps, teacher_taps = paired_taps("reviewkd", student, teacher, "stage", "preact", self.student_taps, self.teacher_taps)
@@ -84,7 +86,8 @@ class ReviewKD(DistillMethod):
     def build(self, student_shapes, teacher_shapes, info):
         keys = list(student_shapes)
         mid = self.mid_channels or min(512, student_shapes[keys[-1]][1])
-        self.fusions = nn.ModuleDict({k: AttentionFusion(student_shapes[k][1], mid, teacher_shapes[k][1], fuse=k != keys[-1]) for k in keys})
+        self.fusions = nn.ModuleDict({k: AttentionFusion(student_shapes[k][1], mid, teacher_shapes[k][1], fuse=k != keys[-1])
+                                      for k in keys})
         self.out_sizes = {k: tuple(teacher_shapes[k][2:]) or (1, 1) for k in keys}
 
     def distill_losses(self, student, teacher, batch, epoch):

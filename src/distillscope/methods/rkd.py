@@ -53,8 +53,8 @@ class RKD(DistillMethod):
     angles are computed within each model's own space, so any pair works without adapters.
     """
 
-    def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0, student_tap: str = "embedding", teacher_tap: str = "embedding",
-                 ce_weight: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0, student_tap: str = "embedding",
+                 teacher_tap: str = "embedding", ce_weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__(ce_weight=ce_weight, label_smoothing=label_smoothing)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         self.student_tap, self.teacher_tap = student_tap, teacher_tap

@@ -88,9 +88,11 @@ class SalientMask:
         """A masked copy of the teacher's :class:`~distillscope.methods.base.Outputs` and of its extra ``view``
         (the input is not modified)."""
         if self.features is not None and not teacher.features:
-            raise DistillscopeError("method.mask.features: this method taps no teacher features; mask its logits instead (method.mask.logits)")
+            raise DistillscopeError("method.mask.features: this method taps no teacher features; "
+                                    "mask its logits instead (method.mask.logits)")
         if self.attention is not None and not any(f.dim() == 4 for f in teacher.features.values()):
-            raise DistillscopeError("method.mask.attention: this method taps no 4-D (N, C, H, W) teacher maps; use method.mask.features or .logits")
+            raise DistillscopeError("method.mask.attention: this method taps no 4-D (N, C, H, W) teacher maps; "
+                                    "use method.mask.features or .logits")
         logits = self.mask_logits(teacher.logits)
         features = {}
         for name, feature in teacher.features.items():
@@ -158,6 +160,7 @@ def parse_mask(config: dict | None) -> SalientMask | None:
         raise DistillscopeError(f"method.mask.rank={rank!r}: choose value or magnitude")
     fill = config.get("logits_fill", 0)
     if isinstance(fill, bool) or fill not in (0, "-inf", -math.inf):
-        raise DistillscopeError(f"method.mask.logits_fill={fill!r}: choose 0 (as the paper writes it) or -inf (masked classes leave the softmax)")
+        raise DistillscopeError(f"method.mask.logits_fill={fill!r}: choose 0 (as the paper writes it) or -inf (masked classes leave the "
+                                "softmax)")
     fractions = {key: None if config.get(key) is None else float(config[key]) for key in KEYS}
     return SalientMask(**fractions, rank=rank, logits_fill=-math.inf if fill in ("-inf", -math.inf) else 0.0)

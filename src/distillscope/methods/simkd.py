@@ -90,14 +90,16 @@ class SimKD(DistillMethod):
         except AttributeError:
             classifier = None
         if not isinstance(classifier, nn.Linear):
-            raise DistillscopeError(f"method simkd: the teacher has no Linear classifier at '{self.teacher_classifier}'; set method.teacher_classifier to its module path")
+            raise DistillscopeError(f"method simkd: the teacher has no Linear classifier at '{self.teacher_classifier}'; set "
+                                    "method.teacher_classifier to its module path")
         self._classifier_state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         return {"f": self.student_tap}, {"f": self.teacher_tap}
 
     def build(self, student_shapes, teacher_shapes, info):
         s, t = student_shapes["f"], teacher_shapes["f"]
         if len(s) != 4 or len(t) != 4:
-            raise DistillscopeError(f"method simkd: taps '{self.student_tap}'/'{self.teacher_tap}' must be feature maps (N, C, H, W), got {tuple(s)} and {tuple(t)}")
+            raise DistillscopeError(f"method simkd: taps '{self.student_tap}'/'{self.teacher_tap}' must be feature maps (N, C, H, W), got "
+                                    f"{tuple(s)} and {tuple(t)}")
         self.grid = smaller_grid(s, t)
         self.projector = projector(s[1], t[1], self.factor)
         self.fc = nn.Linear(t[1], info.num_classes).requires_grad_(False)

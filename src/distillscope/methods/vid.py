@@ -21,7 +21,8 @@ def vid_nll(mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, e
 
 def regressor(cin: int, cout: int) -> nn.Sequential:
     """μ(s): three 1×1 convs with ReLUs, hidden width = teacher channels (as RepDistiller's VIDLoss)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(), nn.Conv2d(cout, cout, 1, bias=False), nn.ReLU(), nn.Conv2d(cout, cout, 1, bias=False))
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(), nn.Conv2d(cout, cout, 1, bias=False), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 1, bias=False))
 
 
 @register_method("vid", family="feature", paper="Ahn et al., Variational Information Distillation for Knowledge Transfer", year=2019)

@@ -23,7 +23,8 @@ def _package(source: str, name: str):
         return importlib.import_module(SOURCES[source])
     except Exception as exc:  # a torchvision built for another torch fails with RuntimeError/OSError, not ImportError
         reason = (str(exc).strip().splitlines() or [""])[0]
-        raise DistillscopeError(f"model '{name}' needs {source}, which does not import here ({type(exc).__name__}: {reason}); pip install distillscope[vision]") from None
+        raise DistillscopeError(f"model '{name}' needs {source}, which does not import here ({type(exc).__name__}: {reason}); "
+                                "pip install distillscope[vision]") from None
 
 
 def check_external(name: str) -> None:

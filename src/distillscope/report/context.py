@@ -81,8 +81,9 @@ class ReportContext:
 
         if settings.split not in SPLITS:
             raise DistillscopeError(f"split '{settings.split}' is not one of {', '.join(SPLITS)}")
-        for name, value, least in (("bins", settings.bins, 1), ("cka-images", settings.cka_images, 2), ("tsne-points", settings.tsne_points, 5),
-                                   ("tsne-classes", settings.tsne_classes, 1), ("limit", 1 if settings.limit is None else settings.limit, 1)):
+        for name, value, least in (("bins", settings.bins, 1), ("cka-images", settings.cka_images, 2),
+                                   ("tsne-points", settings.tsne_points, 5), ("tsne-classes", settings.tsne_classes, 1),
+                                   ("limit", 1 if settings.limit is None else settings.limit, 1)):
             if value < least:
                 raise DistillscopeError(f"--{name} {value}: must be at least {least}")
         self.settings = settings

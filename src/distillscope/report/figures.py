@@ -10,14 +10,16 @@ from ..plotting import colour
 def training_curves(histories: dict[str, list[tuple[str, list[dict]]]]) -> bytes:
     """Train loss, val top-1 and test top-1 per epoch, one line per run coloured by group;
     ``histories`` maps group -> [(run label, metric rows)]."""
-    panels = (("train/loss", "train loss (weighted sum of the method's terms)"), ("val/top1", "val top-1 (%)"), ("test/top1", "test top-1 (%)"))
+    panels = (("train/loss", "train loss (weighted sum of the method's terms)"), ("val/top1", "val top-1 (%)"),
+              ("test/top1", "test top-1 (%)"))
     fig, axes = plotting.new_figure(1, 3, figsize=(12, 3.5))
     for ax, (key, title) in zip(axes, panels):
         for g, (group, runs) in enumerate(histories.items()):
             for r, (label, rows) in enumerate(runs):
                 values = [row.get(key, np.nan) for row in rows]
                 if rows and not all(np.isnan(v) for v in values):
-                    ax.plot([row["epoch"] for row in rows], values, color=colour(g), alpha=0.85, linewidth=1.4, label=group if r == 0 else None)
+                    ax.plot([row["epoch"] for row in rows], values, color=colour(g), alpha=0.85, linewidth=1.4,
+                            label=group if r == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         plotting.integer_ticks(ax.xaxis)
@@ -49,9 +51,9 @@ def reliability_diagram(tables: dict[str, dict]) -> bytes:
     return plotting.png_bytes(fig)
 
 
-def heatmaps(matrices: list[np.ndarray], titles: list[str], row_labels: list[list[str]] | None = None, col_labels: list[list[str]] | None = None,
-             xlabel: str = "", ylabel: str = "", vmin: float | None = None, vmax: float | None = None, cmap: str = plotting.SEQUENTIAL, annotate: bool = False,
-             mask_diagonal: bool = False) -> bytes:
+def heatmaps(matrices: list[np.ndarray], titles: list[str], row_labels: list[list[str]] | None = None,
+             col_labels: list[list[str]] | None = None, xlabel: str = "", ylabel: str = "", vmin: float | None = None,
+             vmax: float | None = None, cmap: str = plotting.SEQUENTIAL, annotate: bool = False, mask_diagonal: bool = False) -> bytes:
     """Side-by-side heatmaps with a colour bar each; small matrices can carry their values; a masked diagonal is grey."""
     count = len(matrices)
     side = 3.6 if max(m.shape[0] for m in matrices) <= 12 else 4.6
@@ -68,7 +70,8 @@ def heatmaps(matrices: list[np.ndarray], titles: list[str], row_labels: list[lis
         if annotate and matrix.size <= 64:
             for (r, c), value in np.ndenumerate(matrix):
                 if np.isfinite(value):
-                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < np.nanmean(matrix) else "black")
+                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if value < np.nanmean(matrix) else "black")
         fig.colorbar(image, ax=ax, shrink=0.8)
     return plotting.png_bytes(fig)
 
@@ -122,9 +125,11 @@ def results_chart(rows: list[dict], title: str = "") -> bytes:
         last = np.asarray(row["test@last"], dtype=float)
         ax.errorbar(last.mean(), y, xerr=last.std(ddof=1) if len(last) > 1 else None, fmt="s", color=colour(0), markersize=6, capsize=3,
                     label="last epoch: mean ± std" if y == 0 else None)
-        ax.scatter(last, np.full(len(last), y), s=14, color=colour(0), alpha=0.35, linewidths=0, label="last epoch: each seed" if y == 0 else None)
+        ax.scatter(last, np.full(len(last), y), s=14, color=colour(0), alpha=0.35, linewidths=0,
+                   label="last epoch: each seed" if y == 0 else None)
         if row["test@best"]:
-            ax.scatter(np.mean(row["test@best"]), y, marker="D", s=30, facecolors="none", edgecolors=colour(1), label="at best val: mean" if y == 0 else None)
+            ax.scatter(np.mean(row["test@best"]), y, marker="D", s=30, facecolors="none", edgecolors=colour(1),
+                       label="at best val: mean" if y == 0 else None)
         labels.append(" ".join(filter(None, [row["run"], row["grid point"], "(✓ val)" if row["chosen on val"] else "", f"n={len(last)}"])))
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -150,8 +155,8 @@ def _differences_panel(ax, rows: list[dict]) -> None:
             d = vs[point]
             if d.diff is None:
                 continue
-            ax.errorbar(d.diff, y + offset, xerr=[[d.diff - d.ci_low], [d.ci_high - d.diff]], fmt=marker, color=tint, markersize=5, capsize=3,
-                        mfc="none" if marker == "D" else tint, label=None if label in labelled else label)
+            ax.errorbar(d.diff, y + offset, xerr=[[d.diff - d.ci_low], [d.ci_high - d.diff]], fmt=marker, color=tint, markersize=5,
+                        capsize=3, mfc="none" if marker == "D" else tint, label=None if label in labelled else label)
             labelled.add(label)
     ax.set(xlabel=f"test top-1 minus {rows[0]['baseline']} (points)")
     ax.grid(axis="x", alpha=0.3)

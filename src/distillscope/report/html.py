@@ -112,7 +112,8 @@ window.addEventListener('load',function(){
  document.body.setAttribute('data-images',bad.length?'broken:'+bad.length:'ok:'+imgs.length);
  document.body.setAttribute('data-errors',String(window.reportErrors.length));
  document.body.setAttribute('data-height',String(document.documentElement.scrollHeight));
- document.getElementById('page-check').textContent=imgs.length+' figures, '+bad.length+' not decoded; '+window.reportErrors.length+' script errors'+(window.reportErrors.length?': '+window.reportErrors.join(' | '):'');
+ document.getElementById('page-check').textContent=imgs.length+' figures, '+bad.length+' not decoded; '+\
+window.reportErrors.length+' script errors'+(window.reportErrors.length?': '+window.reportErrors.join(' | '):'');
 });
 """
 
@@ -135,8 +136,10 @@ def _page(ctx: ReportContext, names: list[str], done: dict[str, Section], skippe
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>distillscope report: {html.escape(ctx.label(ctx.student))}</title><script>{CHECK_JS}</script><style>{CSS}</style></head>
 <body><header><h1>What {html.escape(student.get('student', '?'))} ({html.escape(student.get('method', '?'))}) learned from its teacher</h1>
-<p>student <code>{html.escape(str(ctx.student))}</code> · teacher <code>{html.escape(str(ctx.teacher))}</code>{' · base <code>' + html.escape(str(ctx.base)) + '</code>' if ctx.base else ''}</p>
-<p>data <code>{data}</code>, {ctx.settings.split} split{', ' + format(record['images'], ',') + ' images' if record['images'] else ''} · groups: {groups} · {record['seconds']['total']} s</p></header>
+<p>student <code>{html.escape(str(ctx.student))}</code> · teacher <code>{html.escape(str(ctx.teacher))}</code>\
+{' · base <code>' + html.escape(str(ctx.base)) + '</code>' if ctx.base else ''}</p>
+<p>data <code>{data}</code>, {ctx.settings.split} split{', ' + format(record['images'], ',') + ' images' if record['images'] else ''}\
+ · groups: {groups} · {record['seconds']['total']} s</p></header>
 <nav>{nav}</nav><main>{''.join(parts)}<p id="page-check"></p></main></body></html>
 """
 

@@ -1,4 +1,4 @@
-"""Results tables over seeds: runs grouped by config name and grid point, mean ± sample std.
+"""Results tables over seeds: runs grouped by config name, grid point and data spec, mean ± sample std.
 
 Each row reports test top-1 at the best-validation epoch and at the last epoch, validation top-1 at its
 best epoch, the precision that ran, the seeds and the epochs. A row whose seeds differ in anything but the
@@ -59,14 +59,41 @@ def read_summaries(run_dirs: list[str | Path]) -> list[dict]:
         path = run / "summary.json"
         if not path.is_file():
             raise DistillscopeError(f"'{run}' has no summary.json; is it a finished run folder?")
-        summary = {**json.loads(path.read_text()), "folder": str(run)}
-        for record in ("sweep", "chain"):
+        summary = _read_record(path, f"re-run `distillscope train --resume --out {run}` (it rewrites the summary) or remove the folder")
+        missing = [key for key in SUMMARY_KEYS if key not in summary]
+        if missing:
+            raise DistillscopeError(f"{path} lacks {', '.join(missing)}; "
+                                    f"re-run `distillscope train --resume --out {run}` or remove the folder")
+        summary["folder"] = str(run)
+        fixes = {"sweep": "remove it (it only records the run's grid point; re-running the sweep writes it again)",
+                 "chain": "re-run the `distillscope chain` command (it writes it again) or remove it"}
+        for record, fix in fixes.items():
             record_path = run / f"{record}.json"
-            summary[record] = json.loads(record_path.read_text()) if record_path.is_file() else None
+            summary[record] = _read_record(record_path, fix) if record_path.is_file() else None
         if "config" not in summary and (run / "config.yaml").is_file():
-            summary["config"] = yaml.safe_load((run / "config.yaml").read_text())
+            try:
+                summary["config"] = yaml.safe_load((run / "config.yaml").read_text())
+            except yaml.YAMLError as err:
+                raise DistillscopeError(f"{run / 'config.yaml'} is not valid YAML ({str(err).splitlines()[0]}); "
+                                        "fix or remove the folder") from None
         summaries.append(summary)
     return summaries
+
+
+SUMMARY_KEYS = ("name", "student", "method", "seed", "epochs", "last")  # what a table row needs from summary.json
+
+
+def _read_record(path: Path, fix: str) -> dict:
+    """A run's JSON record (summary.json, sweep.json, chain.json); a damaged one is one line naming the file and ``fix``."""
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DistillscopeError(f"{path} is not valid JSON (truncated?): line {err.lineno} column {err.colno}; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DistillscopeError(f"{path} cannot be read ({getattr(err, 'strerror', None) or err}); {fix}") from None
+    if not isinstance(record, dict):
+        raise DistillscopeError(f"{path} holds a JSON {type(record).__name__}, not an object; {fix}")
+    return record
 
 
 def mean_std(values: list[float]) -> str:
@@ -154,22 +181,28 @@ def _setup(summary: dict) -> dict | None:
     }
 
 
+def _data_spec(summary: dict) -> str:
+    """The run's ``data.spec`` as recorded in its config, ``?`` when not recorded."""
+    return str(((summary.get("config") or {}).get("data") or {}).get("spec") or "?")
+
+
 def table_rows(summaries: list[dict], baseline: str | None = None) -> list[dict]:
-    """One row per (config name, grid point), seeds in first-seen order; values as numbers and lists.
+    """One row per (config name, grid point, ``data.spec``), seeds in first-seen order; values as numbers and lists.
     ``baseline`` (a row's ``run`` name, with its grid point where needed) adds ``"vs baseline"`` to the rows:
     see :func:`compare_to_baseline`."""
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         point = tuple(((s.get("sweep") or {}).get("grid") or {}).items())
-        groups.setdefault((_row_name(s), point), []).append(s)
+        groups.setdefault((_row_name(s), point, _data_spec(s)), []).append(s)  # one recipe on two datasets: two rows
     rows = []
-    for (name, point), runs in groups.items():
+    for (name, point, data), runs in groups.items():
         best = [r["best"] for r in runs if r.get("best")]
         with_val = len(best) == len(runs)
         rows.append({
             "run": name, "model": runs[0]["student"], "method": runs[0]["method"],
             "grid point": " ".join(f"{k}={v}" for k, v in point),
             "precision": ", ".join(_unique(r.get("precision", "?") for r in runs)),
+            "data": data,
             "seeds": [r["seed"] for r in runs],
             "test@best": [b["test/top1"] for b in best] if with_val else [],
             "test@last": [r["last"]["test/top1"] for r in runs],
@@ -205,10 +238,15 @@ def find_row(rows: list[dict], name: str) -> dict:
         wanted = name[len(row["run"]) + 1:].split() if name.startswith(row["run"] + " ") else []
         return bool(wanted) and all(any(g == w or g.endswith("." + w) for g in items) for w in wanted)
 
-    matches = [row for row in rows if row_label(row) == name] or [row for row in rows if names(row)]
+    def with_data(row: dict) -> str:  # one recipe on several datasets: 'kd data=folder:DIR'
+        return f"{row_label(row)} data={row['data']}"
+
+    matches = ([row for row in rows if row_label(row) == name] or [row for row in rows if with_data(row) == name]
+               or [row for row in rows if names(row)])
     if len(matches) == 1:
         return matches[0]
-    listed = ", ".join(f"'{row_label(row)}'" for row in rows)
+    repeated = len({row_label(row) for row in rows}) < len(rows)
+    listed = ", ".join(f"'{with_data(row) if repeated else row_label(row)}'" for row in rows)
     raise DistillscopeError(f"--baseline '{name}' matches {f'{len(matches)} rows' if matches else 'no row'}; the rows are: {listed}")
 
 
@@ -259,9 +297,9 @@ def _mark_chosen_on_val(rows: list[dict]) -> None:
     Grid points are compared on the seeds they all share, so a grid run on seed 0 and then extended to more
     seeds at the chosen point keeps its choice; with no seed in common, each point's mean over its own seeds.
     """
-    by_name: dict[str, list[dict]] = {}
+    by_name: dict[tuple, list[dict]] = {}
     for row in rows:
-        by_name.setdefault(row["run"], []).append(row)
+        by_name.setdefault((row["run"], row["data"]), []).append(row)
     for group in by_name.values():
         if len(group) < 2 or not all(row["val@best"] for row in group):
             continue
@@ -294,14 +332,16 @@ def _minutes(values: list[float], runs: int) -> str:
 
 
 def format_markdown(rows: list[dict]) -> str:
-    """The rows as a Markdown table, the machine(s) that ran them underneath."""
+    """The rows as a Markdown table (a ``data`` column when rows differ in ``data.spec``), the data they share and
+    the machine(s) that ran them underneath."""
     grid = any(row["grid point"] for row in rows)
+    data = len({row["data"] for row in rows}) > 1  # rows on different data: a column; else the data is said once below
     chosen = any(row["chosen on val"] for row in rows)
     notes = any(row["notes"] for row in rows)
     ensemble = any(row["ensemble"] for row in rows)
     minutes = any(row["minutes"] for row in rows)
     compared = any("vs baseline" in row for row in rows)
-    header = ["run", "model", "method"] + ["grid point"] * grid + [
+    header = ["run", "model", "method"] + ["data"] * data + ["grid point"] * grid + [
         "precision", "seeds", "test top-1 @ best val (%)", "test top-1 @ last (%)", "val top-1 @ best (%)", "best epoch", "epochs",
     ] + ["teachers' ensemble test top-1 (%)"] * ensemble + ["minutes per run"] * minutes + ["chosen on val"] * chosen + ["notes"] * notes
     if compared:
@@ -309,16 +349,18 @@ def format_markdown(rows: list[dict]) -> str:
         header += [f"Δ last vs {base} (95% CI)", f"Δ best val vs {base} (95% CI)", "test", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["run"], row["model"], row["method"]] + [row["grid point"]] * grid + [
+        cells = [row["run"], row["model"], row["method"]] + [row["data"]] * data + [row["grid point"]] * grid + [
             row["precision"], ", ".join(map(str, row["seeds"])),
             mean_std(row["test@best"]) if row["test@best"] else "n/a (no validation split)",
             mean_std(row["test@last"]), mean_std(row["val@best"]),
             ", ".join(map(str, row["best epochs"])) or "n/a", ", ".join(map(str, row["epochs"])),
-        ] + [mean_std(row["ensemble"]) if row["ensemble"] else "n/a"] * ensemble + [_minutes(row["minutes"], len(row["seeds"]))] * minutes + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
+        ] + [mean_std(row["ensemble"]) if row["ensemble"] else "n/a"] * ensemble + [
+            _minutes(row["minutes"], len(row["seeds"]))] * minutes + ["✓" if row["chosen on val"] else ""] * chosen + [row["notes"]] * notes
         if compared:
             cells += _comparison_cells(row["vs baseline"])
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + _machines_note(rows)
+    same_data = f"Data: {rows[0]['data']}.\n" if rows and not data and rows[0]["data"] != "?" else ""
+    return "\n".join(lines) + "\n\n" + same_data + _machines_note(rows)
 
 
 def _p(p: float) -> str:
@@ -356,16 +398,18 @@ def format_csv(rows: list[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     compared = any("vs baseline" in row for row in rows)
     fields = ("diff", "ci_low", "ci_high", "p", "df", "n", "n_baseline", "mde", "test", "note")
-    comparison = ["baseline", "vs_baseline_unpaired_because"] + [f"vs_baseline_{point}_{f}" for point in ("last", "best_val") for f in fields]
+    comparison = ["baseline", "vs_baseline_unpaired_because"] + [f"vs_baseline_{point}_{f}" for point in ("last", "best_val")
+                                                                 for f in fields]
     writer.writerow([
-        "run", "model", "method", "grid_point", "precision", "seeds", "n", "test_top1_best_val_mean", "test_top1_best_val_std",
+        "run", "model", "method", "data", "grid_point", "precision", "seeds", "n", "test_top1_best_val_mean", "test_top1_best_val_std",
         "test_top1_last_mean", "test_top1_last_std", "val_top1_best_mean", "val_top1_best_std", "best_epochs", "epochs",
-        "ensemble_test_top1_mean", "ensemble_test_top1_std", "minutes_per_run_mean", "minutes_per_run_std", "chosen_on_val", "notes", "machines", "folders",
+        "ensemble_test_top1_mean", "ensemble_test_top1_std", "minutes_per_run_mean", "minutes_per_run_std", "chosen_on_val", "notes",
+        "machines", "folders",
     ] + comparison * compared)
     for row in rows:
         machines = "; ".join(_unique(f"{m}, threads={t}" for m, t in row["machines"] if m is not None))
         writer.writerow([
-            row["run"], row["model"], row["method"], row["grid point"], row["precision"],
+            row["run"], row["model"], row["method"], row["data"], row["grid point"], row["precision"],
             " ".join(map(str, row["seeds"])), len(row["seeds"]),
             *_mean_and_std(row["test@best"]), *_mean_and_std(row["test@last"]), *_mean_and_std(row["val@best"]),
             " ".join(map(str, row["best epochs"])), " ".join(map(str, row["epochs"])),

@@ -9,12 +9,13 @@ finished runs (``summary.json``) and resumes the others. A run whose ``teacher.c
 run is skipped. SIGINT/SIGTERM are forwarded once to every worker, which checkpoints and stops.
 
 Modules: ``plan`` (the runs, their folders and overrides), ``run`` (:func:`run_sweep`), ``scheduler`` (the worker
-pool, signals, logs), ``processes`` (how a run is started: a local process), ``table`` (``table.md``/``table.csv``).
+pool, signals, logs), ``processes`` (how a run is started: a local process), ``executors`` (or a submitit job: on
+SLURM, or submitit's local executor), ``status`` (``sweep --status``), ``table`` (``table.md``/``table.csv``).
 """
 from .plan import SweepRun, parse_seeds, plan_sweep, split_values
 from .run import SweepFailed, SweepInterrupted, available_cores, parse_gpus, run_sweep, split_threads
 
 __all__ = [
-    "SweepFailed", "SweepInterrupted", "SweepRun", "available_cores", "parse_gpus", "parse_seeds", "plan_sweep", "run_sweep", "split_threads",
-    "split_values",
+    "SweepFailed", "SweepInterrupted", "SweepRun", "available_cores", "parse_gpus", "parse_seeds", "plan_sweep", "run_sweep",
+    "split_threads", "split_values",
 ]

@@ -165,7 +165,8 @@ def plan_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str 
             raise DistillscopeError(f"config file '{config}' does not exist")
         if config.stem in paths:
             raise DistillscopeError(
-                f"configs '{paths[config.stem]}' and '{config}' are both named '{config.stem}'; run folders are named after the file, so rename one"
+                f"configs '{paths[config.stem]}' and '{config}' are both named '{config.stem}'; "
+                "run folders are named after the file, so rename one"
             )
         paths[config.stem] = config
     if not paths:
@@ -246,7 +247,8 @@ def _check_existing_folder(run: SweepRun, config: Config) -> None:
     differ = differing_keys([_comparable_config(old), _comparable_config(config.to_dict())])
     if differ:
         raise DistillscopeError(
-            f"run folder '{run.folder}' holds a run with a different config ({', '.join(differ)}); use another --out, or move that folder away"
+            f"run folder '{run.folder}' holds a run with a different config ({', '.join(differ)}); "
+            "use another --out, or move that folder away"
         )
 
 

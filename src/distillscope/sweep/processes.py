@@ -1,9 +1,11 @@
-"""Runs as local processes, the one way a sweep starts a run: :meth:`LocalProcesses.start` launches a run's
-command and returns its handle (``subprocess.Popen``), whose ``poll()`` gives the exit code once it ended and
-whose ``send_signal``/``wait`` stop it."""
+"""Runs as local processes (``sweep --executor processes``, the default): :meth:`LocalProcesses.start` launches a
+run's command and returns its handle (``subprocess.Popen``), whose ``poll()`` gives the exit code once it ended and
+whose ``send_signal``/``wait`` stop it. ``executors.SubmititLocal`` has the same ``start`` for submitit jobs."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -16,13 +18,19 @@ class LocalProcesses:
         self.env = _worker_env(threads)
         self.pass_fds = pass_fds
 
-    def start(self, command: list[str], log: Path, gpu: str | None = None) -> subprocess.Popen:
-        """Start ``command``, its output appended to ``log``; ``gpu``: the only device the run sees."""
+    def start(self, command: list[str], log: Path, gpu: str | None = None, run=None) -> subprocess.Popen:
+        """Start ``command``, its output appended to ``log``; ``gpu``: the only device the run sees. With ``run``
+        (a ``SweepRun``), its process id is written to ``job.json`` in the run folder (``sweep --status`` reads it)."""
         env = self.env if gpu is None else dict(self.env, CUDA_VISIBLE_DEVICES=gpu)
         with open(log, "a") as out:
-            return subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=self.pass_fds,
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                pass_fds=self.pass_fds,
             )
+        if run is not None and getattr(proc, "pid", None):
+            record = {"executor": "processes", "pid": proc.pid, "host": socket.gethostname(), "match": str(run.folder), "command": command}
+            (run.folder / "job.json").write_text(json.dumps(record, indent=2) + "\n")
+        return proc
 
 
 def _worker_env(threads: int) -> dict[str, str]:

@@ -8,8 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DistillscopeError
+from .executors import EXECUTORS, LOCAL_KEYS, SubmititLocal, load_submitit, parse_slurm, refuse_live_local_jobs, submit_slurm
 from .plan import plan_sweep
 from .scheduler import Scheduler, count_signals
+from .status import write_plan
 from .table import write_table
 
 
@@ -70,7 +72,8 @@ def _sweep_lock(out: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise DistillscopeError(f"another sweep, or a run it started, is still working in '{out}'; wait for it or stop it, then re-run") from None
+        raise DistillscopeError(f"another sweep, or a run it started, is still working in '{out}'; "
+                                "wait for it or stop it, then re-run") from None
     try:
         yield (handle.fileno(),)
     finally:
@@ -79,7 +82,7 @@ def _sweep_lock(out: Path):
 
 def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str | Path = "runs/sweep", workers: int = 1,
               threads: int | None = None, dry_run: bool = False, echo=_print, imports: list[str] = (), gpus: str | None = None,
-              baseline: str | None = None) -> list[dict]:
+              baseline: str | None = None, executor: str = "processes", slurm: list[str] | dict = ()) -> list[dict]:
     """Train every (config × grid point × seed) run into ``out`` and return the finished runs' summaries.
 
     ``grid``: ``["method.T=2,4,8", "kd:optim.lr=0.05,0.1"]`` or ``{"method.T": [2, 4, 8]}``; ``sets``:
@@ -91,14 +94,32 @@ def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str |
     ``out/table.md`` and ``out/table.csv``, each row compared to the row ``baseline`` names (``report.table_rows``;
     one naming no finished row is a warning, the table written without it). Raises :class:`SweepInterrupted` after
     SIGINT/SIGTERM and :class:`SweepFailed` (with ``.summaries``) when runs failed or were skipped.
+
+    ``executor``: ``processes`` (local processes, above), ``submitit-local`` (each run a job of submitit's
+    LocalExecutor, scheduled the same way) or ``slurm`` (every unfinished run submitted as a SLURM job, students
+    ``afterok`` their teacher's job; returns once submitted, the table is written by the re-run that finds every run
+    finished). ``slurm``: submitit parameters, ``["partition=gpu", "timeout_min=120"]`` or a dict (see ``executors``).
     """
     out = Path(out)
+    if executor not in EXECUTORS:
+        raise DistillscopeError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
+    if executor == "processes" and slurm:
+        raise DistillscopeError("--slurm is for --executor slurm or submitit-local")
+    if executor == "slurm" and gpus is not None:
+        raise DistillscopeError("--gpus is for local runs; on SLURM ask for GPUs with --slurm gpus_per_node=N")
+    if executor != "processes":
+        load_submitit()
+    params = parse_slurm([f"{k}={v}" for k, v in slurm.items()] if isinstance(slurm, dict) else list(slurm))
     gpu_ids = parse_gpus(gpus)
     runs = plan_sweep(configs, seeds, grid, sets, out)
     for run in runs:
         run.imports = list(imports)
     cores = available_cores()
+    if threads is None:  # on SLURM a run gets the CPUs it asks for (cpus_per_task), one by default
+        threads = params.get("cpus_per_task") or (1 if executor == "slurm" else None)
     threads = split_threads(workers, cores, threads)
+    if executor == "slurm":
+        return _slurm_sweep(runs, out, threads, params, dry_run, baseline, echo)
     states = Counter(run.state for run in runs)
     on_gpus = f" sharing GPU(s) {','.join(gpu_ids)}" if gpu_ids else ""
     echo(f"sweep {out}: {len(runs)} runs ({states['finished']} finished, {states['resume']} to resume, {states['new']} to start); "
@@ -112,15 +133,48 @@ def run_sweep(configs: list[str | Path], seeds="0", grid=(), sets=(), out: str |
         return []
 
     with _sweep_lock(out) as pass_fds:
-        scheduler = Scheduler(runs, out, workers, threads, pass_fds, echo, gpu_ids)
+        write_plan(out, runs, executor)
+        jobs = None
+        if executor == "submitit-local":
+            refuse_live_local_jobs(runs)
+            ignored = sorted(set(params) - set(LOCAL_KEYS) - {"cpus_per_task"})
+            if ignored:
+                echo(f"note: submitit-local uses {', '.join(LOCAL_KEYS)} (and cpus_per_task as threads) of --slurm; "
+                     f"ignored: {', '.join(ignored)}")
+            jobs = SubmititLocal(out, threads, params)
+        scheduler = Scheduler(runs, out, workers, threads, pass_fds, echo, gpu_ids, jobs)
         with count_signals(scheduler):
             scheduler.run()
     if scheduler.signals and (scheduler.todo or scheduler.stopped):
         raise SweepInterrupted(
-            f"sweep interrupted: {len(scheduler.stopped)} run(s) stopped, {len(scheduler.todo)} not started; re-run the same command to resume"
+            f"sweep interrupted: {len(scheduler.stopped)} run(s) stopped, {len(scheduler.todo)} not started; "
+            "re-run the same command to resume"
         )
     summaries = write_table([run for run in runs if run.state == "finished"], out, baseline, echo)
     if scheduler.failed:
         why = "; ".join(f"{name} ({reason})" for name, reason in scheduler.failed.items())
         raise SweepFailed(f"{len(scheduler.failed)} of {len(runs)} runs did not finish: {why}; logs in {out / 'logs'}", summaries)
     return summaries
+
+
+def _slurm_sweep(runs, out: Path, threads: int, params: dict, dry_run: bool, baseline: str | None, echo) -> list[dict]:
+    """Submit the unfinished runs as SLURM jobs; once every run has finished, write the table."""
+    states = Counter(run.state for run in runs)
+    resources = ", ".join(f"{k}={v}" for k, v in params.items()) or "the cluster's defaults"
+    echo(f"sweep {out}: {len(runs)} runs ({states['finished']} finished, {states['resume']} to resume, {states['new']} to start) "
+         f"as SLURM jobs ({resources}; {threads} thread(s) per run); logs in {out / 'logs'}")
+    if dry_run:
+        for run in runs:
+            after = f"  (after {', '.join(run.depends_on)})" if run.depends_on else ""
+            echo(f"{run.state:<8} {run.name}{after}\n         {shlex.join(run.command(threads))}")
+        return []
+    with _sweep_lock(out):
+        (out / "logs").mkdir(exist_ok=True)
+        write_plan(out, runs, "slurm")
+        jobs = submit_slurm(runs, out, threads, params, echo)
+    if jobs:
+        echo(f"{len(jobs)} run(s) queued or running as SLURM jobs. Follow them with: distillscope sweep --status {out}\n"
+             "Re-run the same command to resubmit any run whose job died (it resumes from its checkpoint) and, once all have finished, to "
+             "write the table.")
+        return []
+    return write_table(runs, out, baseline, echo)

@@ -43,9 +43,11 @@ def _result_text(folder: Path) -> str:
 
 
 class Scheduler:
-    """Starts runs (those others wait for first), reaps them, reports, forwards signals."""
+    """Starts runs (those others wait for first), reaps them, reports, forwards signals. ``executor`` starts a run
+    (default: :class:`LocalProcesses`; ``executors.SubmititLocal`` for submitit-local jobs)."""
 
-    def __init__(self, runs: list[SweepRun], out: Path, workers: int, threads: int, pass_fds: tuple, echo, gpus: list[str] = ()):
+    def __init__(self, runs: list[SweepRun], out: Path, workers: int, threads: int, pass_fds: tuple, echo, gpus: list[str] = (),
+                 executor=None):
         needed = {dep for run in runs for dep in run.depends_on}
         self.todo = sorted((r for r in runs if r.state != "finished"), key=lambda r: r.name not in needed)
         self.total = len(self.todo)
@@ -55,7 +57,7 @@ class Scheduler:
         self.running: dict[str, tuple[SweepRun, subprocess.Popen, float]] = {}
         self.durations: dict[str, list[float]] = {}  # group -> seconds, runs finished in this sweep
         self.logs, self.workers, self.threads, self.echo = out / "logs", workers, threads, echo
-        self.processes = LocalProcesses(threads, pass_fds)
+        self.processes = executor or LocalProcesses(threads, pass_fds)  # start(command, log, gpu, run) -> a handle with poll()
         self.gpus, self.gpu_of = list(gpus), {}  # name of a running run -> the GPU it was given
         self.signals = self.forwarded = 0
 
@@ -99,7 +101,7 @@ class Scheduler:
         log = self.logs / f"{run.name}.log"
         with open(log, "a") as fh:
             fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} sweep {action}{on}: {shlex.join(command)}\n")
-        proc = self.processes.start(command, log, gpu)
+        proc = self.processes.start(command, log, gpu, run)
         self.running[run.name] = (run, proc, time.monotonic())
         self.echo(f"{action:<6} {run.name}{on}")
 

@@ -15,8 +15,12 @@ Layout of one cache (a folder named ``<teacher>-<key>`` under a cache root)::
     feature0.npy, ...  fp16 (rows, views, values): tapped teacher features, flattened, in the order of the key's
                    ``storage.features`` (canonical tap -> per-image shape); only when the run's method taps them
     lock           flock(2) target: readers share it, writers hold it alone
+    in-use         flock(2) held shared by every process that has the cache open; its mtime: when a run last opened it
 
-The arrays are numpy memmaps, written out in full when the cache is created. Memory for all views in fp16:
+The arrays are numpy memmaps, written out in full when the cache is created (left sparse, they would not stay small:
+one epoch of random views touches nearly every page of a row-major logits file, 144 of 154 MiB for CIFAR-10's shape,
+and its scattered first writes into holes took 7x longer than into written pages). Sizes are counted as the blocks
+the files occupy (``st_blocks`` × 512). Memory for all views in fp16:
 rows × views × classes × 2 bytes -- CIFAR-10 50,000 × 162 × 10 × 2 B = 162 MB, CIFAR-100 1.62 GB
 (top-k with k=10: 50,000 × 162 × 42 B = 340 MB). A method that taps teacher features (CRD, RKD, PKT, CC on the
 embedding) gets them from the cache too when the whole cache fits ``run.teacher_cache_max_gib`` (CIFAR-100 with a
@@ -30,14 +34,19 @@ shapes). A cache folder whose
 (an existing cache is never overwritten); entries are written under an exclusive lock, only where still
 empty (first writer wins), so several processes (sweep workers, DDP ranks) may share one cache.
 
+All caches under one root share a disk budget (``run.teacher_cache_budget_gib``, else ``$DISTILLSCOPE_CACHE_BUDGET_GIB``,
+else 8 GiB): a new cache first evicts the least recently used caches that no process holds open until it fits.
+
 Modules: ``layout`` (views, storage format, key, size), ``store`` (:class:`TeacherCache`: opening, reading and
-filling during runs), ``build`` (``distillscope cache build`` and ``cache list``).
+filling during runs), ``budget`` (disk usage, in-use locks, eviction, ``cache prune``), ``build`` (``distillscope
+cache build`` and ``cache list``).
 """
+from .budget import budget_gib, prune
 from .build import build_cache, list_caches, precompute
 from .layout import Storage, augmentation_space, default_cache_root, render_view, run_cache_key, view_ids
 from .store import CacheSpaceError, TeacherCache
 
 __all__ = [
-    "CacheSpaceError", "Storage", "TeacherCache", "augmentation_space", "build_cache", "default_cache_root", "list_caches", "precompute",
-    "render_view", "run_cache_key", "view_ids",
+    "CacheSpaceError", "Storage", "TeacherCache", "augmentation_space", "budget_gib", "build_cache", "default_cache_root", "list_caches",
+    "precompute", "prune", "render_view", "run_cache_key", "view_ids",
 ]

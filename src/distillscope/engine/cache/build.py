@@ -10,6 +10,7 @@ import torch
 from ...data import ArrayDataset, Batch, normalize
 from ...errors import DistillscopeError, warn
 from ...models import FeatureTaps
+from .budget import caches_in, disk_bytes, in_use, last_used
 from .layout import augmentation_space, default_cache_root, render_view, run_cache_key
 from .store import TeacherCache
 
@@ -43,7 +44,8 @@ def precompute(cache: TeacherCache, teacher: torch.nn.Module, dataset: ArrayData
     return cache.teacher_calls - calls_before
 
 
-def build_cache(config, location: str | Path | None = None, batch_size: int = 256, progress: bool = False) -> list[tuple[TeacherCache, int]]:
+def build_cache(config, location: str | Path | None = None, batch_size: int = 256,
+                progress: bool = False) -> list[tuple[TeacherCache, int]]:
     """Precompute the cache(s) a run of ``config`` would use: one per teacher (``teacher``, or each of
     ``teachers``), for its data, augmentation and precision; returns each cache with the number of teacher
     forward calls it took. ``progress``: a progress bar per teacher."""
@@ -58,7 +60,8 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
 
     specs = [config.teacher] if config.teacher is not None else list(config.teachers)
     if not specs or not all(spec.checkpoint for spec in specs):
-        raise DistillscopeError("cache build: give the teacher checkpoint (a run folder or .safetensors), or a --config whose teachers have checkpoints")
+        raise DistillscopeError("cache build: give the teacher checkpoint (a run folder or .safetensors), or a --config whose teachers "
+                                "have checkpoints")
     device = pick_device(config.run.device)
     precision = choose_precision(config.run.precision, device)[0]
     if config.run.precision == "auto" and precision == "bf16":  # unmeasured here, while auto runs time both
@@ -78,14 +81,17 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
     for spec in specs:
         teacher, state = load_model(spec.checkpoint, device)
         if state["num_classes"] != data.num_classes:
-            raise DistillscopeError(f"cache build: teacher {spec.checkpoint} has {state['num_classes']} classes but '{d.spec}' has {data.num_classes}")
+            raise DistillscopeError(f"cache build: teacher {spec.checkpoint} has {state['num_classes']} classes but '{d.spec}' has "
+                                    f"{data.num_classes}")
         teacher.eval().requires_grad_(False)
         with FeatureTaps(teacher, method.taps(student, teacher)[1]) as taps:  # features too large to store: the logits alone
-            key = run_cache_key(state["model"], taps, data, space, precision, config.run.teacher_cache_topk, config.run.teacher_cache_max_gib)[0]
+            key = run_cache_key(state["model"], taps, data, space, precision, config.run.teacher_cache_topk,
+                                config.run.teacher_cache_max_gib)[0]
         if config.run.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
-        cache = TeacherCache.open(location, key, device, data.train.index)
-        with tqdm(total=len(data.train) * cache.views, desc=f"cache {spec.checkpoint}", unit="view", disable=None if progress else True) as bar:
+        cache = TeacherCache.open(location, key, device, data.train.index, budget=config.run.teacher_cache_budget_gib)
+        with tqdm(total=len(data.train) * cache.views, desc=f"cache {spec.checkpoint}", unit="view",
+                  disable=None if progress else True) as bar:
             calls = precompute(cache, teacher, data.train, data.mean, data.std, d.pad, batch_size, amp_dtype, config.run.channels_last,
                                lambda done: bar.update(done - bar.n))
         built.append((cache, calls))
@@ -93,13 +99,14 @@ def build_cache(config, location: str | Path | None = None, batch_size: int = 25
 
 
 def list_caches(root: str | Path) -> list[dict]:
-    """Each cache under ``root``: folder, teacher, classes, stored feature taps, views, filled fraction and bytes on disk."""
+    """Each cache under ``root``: folder, teacher, classes, stored feature taps, views, filled fraction, bytes on disk
+    (the blocks its files occupy, not their apparent size), when a run last opened it and whether one holds it now."""
     found = []
-    for meta in sorted(Path(root).expanduser().glob("*/meta.json")):
-        key = json.loads(meta.read_text())["key"]
-        flags = np.load(meta.parent / "flags.npy", mmap_mode="r")
-        used = sum(p.stat().st_blocks * 512 for p in meta.parent.iterdir() if p.is_file())
-        found.append({"folder": str(meta.parent), "teacher": key["teacher"]["name"], "classes": key["data"]["num_classes"],
+    for folder in caches_in(Path(root).expanduser()):
+        key = json.loads((folder / "meta.json").read_text())["key"]
+        flags = np.load(folder / "flags.npy", mmap_mode="r")
+        found.append({"folder": str(folder), "teacher": key["teacher"]["name"], "classes": key["data"]["num_classes"],
                       "features": list(key["storage"].get("features", {})),
-                      "rows": flags.shape[0], "views": flags.shape[1], "filled": float(flags.mean()) if flags.size else 0.0, "bytes_on_disk": used})
+                      "rows": flags.shape[0], "views": flags.shape[1], "filled": float(flags.mean()) if flags.size else 0.0,
+                      "bytes_on_disk": disk_bytes(folder), "last_used": last_used(folder), "in_use": in_use(folder)})
     return found

@@ -112,7 +112,8 @@ class Storage:
         for tap, field in self._feature_fields.items():
             encoded[field] = features[tap].float().reshape(len(logits), -1).half()
         if not all(torch.isfinite(v).all() for v in encoded.values() if v.is_floating_point()):
-            raise DistillscopeError("teacher cache: teacher outputs do not fit fp16 (|value| > 65504 or non-finite); set run.teacher_cache=off")
+            raise DistillscopeError("teacher cache: teacher outputs do not fit fp16 (|value| > 65504 or non-finite); "
+                                    "set run.teacher_cache=off")
         return encoded
 
     def decode(self, stored: dict[str, torch.Tensor]) -> torch.Tensor:

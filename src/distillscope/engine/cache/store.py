@@ -16,6 +16,7 @@ import torch
 
 from ...data import Batch
 from ...errors import DistillscopeError
+from .budget import budget_gib, evict_for, hold, root_locked
 from .layout import KEY_LABELS, Storage, cache_bytes, key_hash, view_ids
 
 
@@ -31,10 +32,12 @@ class TeacherCache:
     device the arrays are mirrored in device memory (no host round trip once every entry the run needs is
     filled). ``rows`` are the dataset indices this run trains on (completeness is judged over them); ``names``
     maps the run's tap names to the canonical taps the cache stores (default: the canonical taps themselves).
+    ``in_use``: the open ``in-use`` file whose shared lock keeps the cache from eviction (:func:`.budget.hold`).
     """
 
-    def __init__(self, folder: Path, key: dict, device: torch.device, rows: torch.Tensor, names: dict[str, str] | None = None):
+    def __init__(self, folder: Path, key: dict, device: torch.device, rows: torch.Tensor, names: dict[str, str] | None = None, in_use=None):
         self.folder, self.key, self.device = folder, key, torch.device(device)
+        self._in_use = in_use if in_use is not None else hold(folder)
         self.space = dict((name, size) for name, size in key["augmentation"])
         self.views = math.prod(self.space.values())
         self.storage = Storage.of(key)
@@ -51,30 +54,46 @@ class TeacherCache:
 
     # opening
     @classmethod
-    def open(cls, location: str | Path, key: dict, device: torch.device, rows: torch.Tensor, names: dict[str, str] | None = None) -> "TeacherCache":
+    def open(cls, location: str | Path, key: dict, device: torch.device, rows: torch.Tensor, names: dict[str, str] | None = None,
+             budget: float | None = None, say: Callable[[str], None] = print) -> "TeacherCache":
         """Open (or create) the cache for ``key``: ``location`` is a cache root holding caches by key, or one
-        cache folder (holding ``meta.json``), which must match ``key``."""
+        cache folder (holding ``meta.json``), which must match ``key``. A new cache first makes room within the
+        root's ``budget`` in GiB (:func:`.budget.budget_gib`: ``run.teacher_cache_budget_gib``, else the environment,
+        else 8) by evicting the least recently used caches no process uses; ``say`` gets what was evicted and the
+        new cache's size and folder."""
         location = Path(location).expanduser()
-        if (location / "meta.json").is_file():
-            folder = location
-        else:
-            folder = location / f"{key['teacher']['name']}-{key_hash(key)}"
-            if not (folder / "meta.json").is_file():
-                cls._create(folder, key)
-        cls._check(folder, key)
-        return cls(folder, key, device, rows, names)
+        given = (location / "meta.json").is_file()
+        folder = location if given else location / f"{key['teacher']['name']}-{key_hash(key)}"
+        for _ in range(3):  # a cache evicted by another process between our check and our hold is made again
+            if not given and not (folder / "meta.json").is_file():
+                cls._create(folder, key, budget_gib(budget), say)
+            cls._check(folder, key)
+            in_use = hold(folder)
+            if in_use is not None:
+                return cls(folder, key, device, rows, names, in_use)
+        raise DistillscopeError(f"teacher cache '{folder}' was removed while this run opened it, three times; "
+                                "is a `cache prune` running in a loop?")
 
     @staticmethod
-    def _create(folder: Path, key: dict) -> None:
-        """Build an empty cache next to ``folder`` and rename it into place; if another process won, keep theirs."""
+    def _create(folder: Path, key: dict, budget: float = 0, say: Callable[[str], None] = print) -> None:
+        """Build an empty cache next to ``folder`` (after evicting caches beyond ``budget`` GiB) and rename it into
+        place; if another process won, keep theirs."""
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise DistillscopeError(f"teacher cache: cannot create '{folder.parent}' ({err.strerror}); set run.teacher_cache to a writable folder or off") from None
+            raise DistillscopeError(f"teacher cache: cannot create '{folder.parent}' ({err.strerror}); "
+                                    "set run.teacher_cache to a writable folder or off") from None
+        with root_locked(folder.parent):
+            if not (folder / "meta.json").is_file():  # another process may have made it while we waited
+                TeacherCache._create_locked(folder, key, budget, say)
+
+    @staticmethod
+    def _create_locked(folder: Path, key: dict, budget: float, say: Callable[[str], None]) -> None:
         need, free = cache_bytes(key), shutil.disk_usage(folder.parent).free
         if need > free - 2**30:  # keep a GiB for the runs themselves
             raise CacheSpaceError(f"teacher cache: {need / 2**30:.1f} GiB needed in '{folder.parent}' but {free / 2**30:.1f} GiB are free; "
                                   "free disk space, lower run.teacher_cache_max_gib, or set run.teacher_cache=off")
+        evict_for(folder.parent, need, budget, say)
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -90,6 +109,8 @@ class TeacherCache:
             except OSError:
                 if not (folder / "meta.json").is_file():
                     raise
+            else:
+                say(f"teacher cache: created {folder} ({need / 2**20:.1f} MiB on disk, written out in full)")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -116,9 +137,11 @@ class TeacherCache:
         try:
             array = np.load(path, mmap_mode="r+")
         except (OSError, ValueError) as err:
-            raise DistillscopeError(f"teacher cache '{self.folder}': {path.name} cannot be opened for writing ({err}); delete the folder to rebuild it") from None
+            raise DistillscopeError(f"teacher cache '{self.folder}': {path.name} cannot be opened for writing ({err}); "
+                                    "delete the folder to rebuild it") from None
         if array.shape != shape or array.dtype != dtype:
-            raise DistillscopeError(f"teacher cache '{self.folder}': {path.name} is damaged (shape {array.shape}, expected {shape}); delete the folder to rebuild it")
+            raise DistillscopeError(f"teacher cache '{self.folder}': {path.name} is damaged (shape {array.shape}, expected {shape}); "
+                                    "delete the folder to rebuild it")
         return array
 
     @contextmanager
@@ -188,6 +211,9 @@ class TeacherCache:
         for array in self._arrays.values():
             array.flush()
         self._lock_file.close()
+        if self._in_use is not None:
+            self._in_use.close()  # the cache may be evicted from now on
+            self._in_use = None
 
 
 def _zero_array(path: Path, dtype, shape: tuple[int, ...]) -> None:

@@ -21,7 +21,8 @@ def section_cka(ctx: ReportContext) -> Section:
         model, _ = ctx.model(run)
         taps = stage_taps(model)
         layers[role] = list(taps)
-        grams[role] = layer_grams(model, taps, ctx.normalised(run, rows), ctx.settings.batch_size, ctx.settings.progress, desc=f"CKA {role}")
+        grams[role] = layer_grams(model, taps, ctx.normalised(run, rows), ctx.settings.batch_size, ctx.settings.progress,
+                                  desc=f"CKA {role}")
     others = [role for role in grams if role != "teacher"]
     matrices = {role: cka_matrix(grams[role], grams["teacher"]) for role in others}
     figure = figures.heatmaps([matrices[r] for r in others], [f"{r} (rows) vs teacher (columns)" for r in others],

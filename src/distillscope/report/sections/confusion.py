@@ -26,13 +26,14 @@ def section_confusion(ctx: ReportContext) -> Section:
     for group in ctx.groups:
         stats = [per_run[ctx.label(r)] for r in ctx.compared(group) if ctx.label(r) in per_run]
         if stats:
-            rows.append([group, ctx.seeds(group, compared=True)] + [mean_std([s[key] for s in stats], 3) for key in ("cosine", "pearson", "jaccard")])
+            rows.append([group, ctx.seeds(group, compared=True)]
+                        + [mean_std([s[key] for s in stats], 3) for key in ("cosine", "pearson", "jaccard")])
     body = table(["group", "seeds", "per-class cosine", "Pearson", "soft Jaccard"], rows)
     if ctx.label(ctx.student) in per_run:
         student_q = hard_confusion(ctx.logits(ctx.student), ctx.targets, k)
         heatmaps = confusion_heatmaps(teacher_m, student_q, per_run[ctx.label(ctx.student)], ctx.data.classes)
         body += img(plotting.png_bytes(heatmaps), "teacher class-mean softmax vs student confusion")
-    body += note("Teacher's class-mean softmax M vs each model's confusion Q, diagonal excluded and rows renormalised (analysis/confusion.py). "
-                 + " ".join(notes))
+    body += note("Teacher's class-mean softmax M vs each model's confusion Q, diagonal excluded and rows renormalised "
+                 "(analysis/confusion.py). " + " ".join(notes))
     numbers = {label: {k2: v for k2, v in s.items() if not k2.startswith("spectrum")} for label, s in per_run.items()}
     return Section(body, {"per_run": numbers}, ctx.basis(runs=f"reference teacher: {html.escape(ctx.label(ctx.teacher))}"))

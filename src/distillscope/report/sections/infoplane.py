@@ -9,10 +9,7 @@ from ..context import ReportContext, Section, SectionSkipped, figure_row, note, 
 
 @section("infoplane", "Information plane", order=120)
 def section_infoplane(ctx: ReportContext) -> Section:
-    try:
-        from ...analysis.infoplane import FIGURE, ProbeSettings, infoplane_figure, information_plane
-    except ImportError:
-        raise SectionSkipped("the information plane (analysis/infoplane.py) is not part of this build") from None
+    from ...analysis.infoplane import FIGURE, ProbeSettings, infoplane_figure, information_plane
     from ... import plotting
 
     runs = {role: run for role, run in ctx.feature_runs.items() if any(run.glob("epoch_*.safetensors"))}
@@ -20,8 +17,8 @@ def section_infoplane(ctx: ReportContext) -> Section:
         raise SectionSkipped("no run kept per-epoch checkpoints; train with --set run.keep_every=K for the information plane")
     options = {"n_fit": 2000, "n_eval": 1000, "layers": ["embedding"], **ctx.settings.infoplane}
     probe = ProbeSettings(device=str(ctx.device), seed=ctx.settings.seed, **options.pop("probe", {}))
-    result = information_plane([str(r) for r in runs.values()], ctx.data.spec, settings=probe, progress=ctx.settings.progress, data=ctx.dataset(),
-                               **options)
+    result = information_plane([str(r) for r in runs.values()], ctx.data.spec, settings=probe, progress=ctx.settings.progress,
+                               data=ctx.dataset(), **options)
     rows = [[Path(p["run"]).name, p["layer"], p["epoch"], p["ixf"], p["iyf"]] for p in result.points]
     body = figure_row({Path(FIGURE).stem: plotting.png_bytes(infoplane_figure(result))})
     body += table(["run", "layer", "epoch", "I(X;F) estimate (nats / image)", "I(Y;F) estimate (nats)"], rows)

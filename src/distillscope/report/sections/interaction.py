@@ -9,10 +9,7 @@ from ..context import ReportContext, Section, SectionSkipped, cell, figure_row, 
 
 @section("interaction", "Interaction Tensor", order=110)
 def section_interaction(ctx: ReportContext) -> Section:
-    try:
-        from ...analysis.interaction import DEFAULT_LAYER, MIN_GROUP, interaction_figures, interaction_from_runs
-    except ImportError:
-        raise SectionSkipped("the Interaction Tensor (analysis/interaction.py) is not part of this build") from None
+    from ...analysis.interaction import DEFAULT_LAYER, MIN_GROUP, interaction_figures, interaction_from_runs
     from ... import plotting
 
     if ctx.settings.split == "val":
@@ -42,4 +39,5 @@ def section_interaction(ctx: ReportContext) -> Section:
                  "531 / 281 / 264 features, mean frequency 1329 / 2121 / 2243, ≈ 71 / 60 / 59 features per point.")
     body += figure_row({Path(name).stem: plotting.png_bytes(fig) for name, fig in interaction_figures(result).items()})
     numbers = {k: v for k, v in result.to_dict().items() if k not in ("assignment", "best_correlation")}
-    return Section(body, numbers, ctx.basis(stats["points"], runs="every run, grouped: " + "; ".join(f"{g} seeds {ctx.seeds(g)}" for g in ctx.groups)))
+    return Section(body, numbers,
+                   ctx.basis(stats["points"], runs="every run, grouped: " + "; ".join(f"{g} seeds {ctx.seeds(g)}" for g in ctx.groups)))

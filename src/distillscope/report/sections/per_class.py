@@ -23,8 +23,9 @@ def section_per_class(ctx: ReportContext) -> Section:
     base = group_accuracy(ctx.base_group)
     gains = {group: group_accuracy(group) - base for group in ctx.groups if group != ctx.base_group}
     body = img(figures.class_bars(gains, classes, f"top-1 gain over {ctx.base_group} (points)"), "per-class gains")
-    rows = [[group, f"{np.nanmean(g):+.2f}", f"{classes[int(np.nanargmax(g))]} ({np.nanmax(g):+.2f})", f"{classes[int(np.nanargmin(g))]} ({np.nanmin(g):+.2f})",
-             int(np.sum(g > 0)), int(np.sum(g < 0))] for group, g in gains.items()]
+    rows = [[group, f"{np.nanmean(g):+.2f}", f"{classes[int(np.nanargmax(g))]} ({np.nanmax(g):+.2f})",
+             f"{classes[int(np.nanargmin(g))]} ({np.nanmin(g):+.2f})", int(np.sum(g > 0)), int(np.sum(g < 0))]
+            for group, g in gains.items()]
     body += table(["group", "mean gain (points)", "largest gain", "largest loss", "classes up", "classes down"], rows)
     return Section(body, {"base_group": ctx.base_group, "base_per_class": base, "gains": gains, "classes": classes},
                    ctx.basis(runs=f"per-class top-1 averaged over seeds, minus the {html.escape(ctx.base_group)} group's"))

@@ -27,7 +27,8 @@ def section_weights(ctx: ReportContext) -> Section:
                                 cmap=plotting.DIVERGING, mask_diagonal=True), "classifier weight correlation")
     largest = max(float(np.max(d)) for d in diffs)
     body += img(figures.heatmaps(diffs, [f"|C_teacher − C_{role}|  (mean {l1[ctx.label(run)]:.3f})" for role, run in shown.items()],
-                                 [classes] * len(diffs), [classes] * len(diffs), vmin=0, vmax=largest, cmap=plotting.SEQUENTIAL, mask_diagonal=True),
+                                 [classes] * len(diffs), [classes] * len(diffs), vmin=0, vmax=largest, cmap=plotting.SEQUENTIAL,
+                                 mask_diagonal=True),
                 "difference heatmaps")
     rows = [[group, ctx.seeds(group, compared=True), mean_std([l1[ctx.label(r)] for r in ctx.compared(group)], 4)]
             for group in ctx.groups if ctx.compared(group)]
