@@ -128,7 +128,8 @@ def test_keep_records_copies_a_runs_small_files_once_and_never_overwrites(tmp_pa
     runs, records = tmp_path / "runs", tmp_path / "records"
     run = runs / "df" / "kd-s0"
     run.mkdir(parents=True)
-    for name, text in {"summary.json": '{"name": "kd", "seed": 0}', "config.yaml": "name: kd\n", "metrics.csv": "epoch\n1\n",
+    summary = '{"name": "kd", "seed": 0, "student": "resnet8", "method": "kd", "epochs": 1, "last": {"test/top1": 50.0}}'
+    for name, text in {"summary.json": summary, "config.yaml": "name: kd\n", "metrics.csv": "epoch\n1\n",
                        "best.safetensors": "w"}.items():
         (run / name).write_text(text)
     (runs / "df" / "real.jsonl").write_text("{}\n")
@@ -140,7 +141,7 @@ def test_keep_records_copies_a_runs_small_files_once_and_never_overwrites(tmp_pa
     assert (records / "df" / "real.jsonl").read_text() == "{}\n"
     assert read_summaries([records / "df" / "kd-s0"])[0]["seed"] == 0  # a table reads the record as it reads the run
     assert "kept 0 new file(s)" in subprocess.run(command, capture_output=True, text=True, check=True).stderr
-    (run / "summary.json").write_text('{"name": "kd", "seed": 1}')
+    (run / "summary.json").write_text(summary.replace('"seed": 0', '"seed": 1'))
     changed = subprocess.run(command, capture_output=True, text=True)
     assert changed.returncode != 0 and "exists with other contents" in changed.stderr
     assert '"seed": 0' in (records / "df" / "kd-s0" / "summary.json").read_text()

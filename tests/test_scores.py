@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from distillscope.analysis.cam import HiResCAM, softmax_target
+from distillscope.analysis.cam import GradCAM, softmax_target
 from distillscope.analysis.embeddings import LabelEmbeddings
 from distillscope.analysis.scores import STATISTICS, batch_statistics, feature_scores, pool
 from distillscope.errors import DistillscopeError
@@ -86,8 +86,10 @@ def test_runner_wiring_clean_and_own_perturbation():
     assert rows["clean", "fss"]["pooled"] == pytest.approx(dcor.u_distance_correlation_sqr(fs, fr), abs=1e-9)
     assert rows["clean", "rs_reference"]["mean"] == pytest.approx(dcor.u_distance_correlation_sqr(fr, g), abs=1e-9)
 
+    assert out["cam"] == "gradcam"  # paper 002 ranks the perturbed pixels by Grad-CAM (Fig. 4, §4.2.2)
+
     def own(model):  # each model's features on its own perturbed images
-        maps = HiResCAM(model, ["3"])(images, softmax_target(targets)).maps
+        maps = GradCAM(model, ["3"])(images, softmax_target(targets)).maps
         with torch.no_grad():
             return model[:4](perturb(images, maps)).flatten(1).numpy()
 
