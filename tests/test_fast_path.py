@@ -36,6 +36,12 @@ def test_cuda_graph_is_refused_off_the_gpu(tmp_path, tiny_overrides):
     assert not (tmp_path / "run").exists()
 
 
+def test_cuda_graph_is_refused_for_methods_that_pair_samples_on_the_host(tmp_path, tiny_overrides):
+    # a captured batch has no partners: replays would train CS-KD without its own-output teacher
+    with pytest.raises(DistillscopeError, match="method 'cskd', which draws partner samples on the host"):
+        Trainer(load_config(None, tiny_overrides + ["run.cuda_graph=true", "method={name: cskd}"]), tmp_path / "run")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("DISTILLSCOPE_SLOW_TESTS"),
                     reason="torch.compile takes minutes on a small CPU; set DISTILLSCOPE_SLOW_TESTS=1")

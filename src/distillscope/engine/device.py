@@ -60,23 +60,27 @@ def view_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Gen
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event):
-    """While inside, SIGINT/SIGTERM set ``stop`` (the run checkpoints at its next chance); a second signal stops at once.
+def on_signals(handler):
+    """While inside, SIGINT and SIGTERM call ``handler(signum, frame)``; the previous handlers come back on leaving.
     Outside the main thread signals cannot be caught, and nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
+
+def stop_on_signals(stop: threading.Event):
+    """While inside, SIGINT/SIGTERM set ``stop`` (the run checkpoints at its next chance); a second signal stops at once."""
     def request_stop(signum, frame):
         if stop.is_set():
             signal.default_int_handler(signum, frame)
         stop.set()
 
-    for sig in previous:
-        signal.signal(sig, request_stop)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return on_signals(request_stop)

@@ -7,11 +7,10 @@ import shlex
 import signal
 import statistics
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from ..engine.device import on_signals
 from .plan import SweepRun
 from .processes import LocalProcesses
 
@@ -175,21 +174,9 @@ class Scheduler:
                 proc.send_signal(signal.SIGINT)
 
 
-@contextmanager
 def count_signals(scheduler: Scheduler):
     """SIGINT/SIGTERM only count up ``scheduler.signals``; the scheduler forwards them to the workers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
     def count(signum, frame):
         scheduler.signals += 1
 
-    for sig in previous:
-        signal.signal(sig, count)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return on_signals(count)
