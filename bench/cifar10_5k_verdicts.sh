@@ -7,15 +7,15 @@
 #   PARTS="self kd sfkd itensor"  which parts (default all):
 #     self: CE, CD, CS-KD, seeds SEEDS (no teacher)
 #     kd:   KD and DKD from teacher B, seeds SEEDS
-#     sfkd: SFKD-KD and SFKD-DKD, grid logits_fill {0, -inf} x K {0.5..0.9} on GRID_SEEDS, then SEEDS at the
+#     sfkd: SFKD-KD and SFKD-DKD, grid logits_fill {0, -inf} x K (KS) on GRID_SEEDS, then SEEDS at the
 #           point with the best mean validation top-1 over GRID_SEEDS (bench/chosen_on_val.py; never test)
 #     itensor: teachers wrn_40_2 seeds 1, 2 (teacher B is seed 0), then the Interaction Tensor of 5 CE / 5 KD students /
 #           3 teachers and of 5 CD students against the 5 CE students, at stage:-1, stage:-2 and (saturated) embedding
 #           (needs the self and kd parts' seeds 0-4); written to OUT-interaction/<layer>[-cd]
-#   SEEDS (default 0-9), GRID_SEEDS (default 0,1), WORKERS (default 1), OUT (default runs/c10k-v)
+#   SEEDS (default 0-9), GRID_SEEDS (default 0,1), KS (the SFKD K grid, default 0.5,0.6,0.7,0.8,0.9), WORKERS (default 1), OUT (default runs/c10k-v)
 # Extra arguments go to every sweep (e.g. --dry-run). Keep the records afterwards: python bench/keep_records.py OUT bench/records/c10k-v
 set -euo pipefail
-C=configs/cifar10_5k O=${OUT:-runs/c10k-v} SEEDS=${SEEDS:-0-9} GRID_SEEDS=${GRID_SEEDS:-0,1}
+C=configs/cifar10_5k O=${OUT:-runs/c10k-v} SEEDS=${SEEDS:-0-9} GRID_SEEDS=${GRID_SEEDS:-0,1} KS=${KS:-0.5,0.6,0.7,0.8,0.9}
 teacher() { [[ -e runs/c10k/wrn_40_2-s0 ]] || { mkdir -p runs/c10k && cp -r bench/teachers/c10k-wrn_40_2-s0 runs/c10k/wrn_40_2-s0; }; }
 run=(--set run.precision=fp32 --set run.keep_every=3 --workers "${WORKERS:-1}" --threads 1 --out "$O")
 for part in ${PARTS:-self kd sfkd itensor}; do
@@ -27,7 +27,7 @@ for part in ${PARTS:-self kd sfkd itensor}; do
       for m in kd dkd; do
         r=resnet8_sfkd_$m
         distillscope sweep $C/$r.yaml --seeds "$GRID_SEEDS" --grid "method.mask.logits_fill=0,-inf" \
-          --grid "method.mask.logits=0.5,0.6,0.7,0.8,0.9" "${run[@]}" "$@"
+          --grid "method.mask.logits=$KS" "${run[@]}" "$@"
         [[ " $* " == *" --dry-run "* ]] && continue
         point=$(python bench/chosen_on_val.py "$O" "$r" --seeds "$GRID_SEEDS" --point)
         echo "$r: $point chosen on validation (seeds $GRID_SEEDS)"

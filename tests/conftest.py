@@ -1,5 +1,6 @@
 """Shared fixtures. Tests use only data the project makes (shapes) or ../shared/datasets."""
 import os
+import time
 
 # The reference package `dcor` imports numba, whose default OpenMP layer slows torch 10-40x in the same process.
 os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
@@ -17,6 +18,14 @@ def _private_cache(tmp_path_factory):
     import os
 
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def wait_for(condition, what: str, seconds: float):
+    """Poll ``condition`` every 50 ms; fail naming ``what`` after ``seconds`` (generous: the CI machine is shared)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 # Tiny tensors run fastest (and least disturbed by other processes) on one thread.

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from distillscope.config import load_config
 from distillscope.errors import DistillscopeError
 from distillscope.report import format_csv, format_markdown, read_summaries, table_rows
 from distillscope.sweep import available_cores, parse_seeds, plan_sweep, run_sweep, split_threads, split_values
+from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,13 +40,6 @@ def recipe(folder: Path, stem: str, **sections) -> Path:
         data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def wait_for(condition, what: str, seconds: float = 180):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------ arithmetic and parsing
@@ -202,7 +195,7 @@ def test_ctrl_c_checkpoints_every_worker_and_the_same_command_resumes(tmp_path):
     logs = [out / "logs" / "a-s0.log", out / "logs" / "b-s0.log"]
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: all(log.is_file() and "epoch   1/12" in log.read_text() for log in logs), "both workers to finish epoch 1")
+        wait_for(lambda: all(log.is_file() and "epoch   1/12" in log.read_text() for log in logs), "both workers to finish epoch 1", 180)
         sweep.send_signal(signal.SIGINT)
         output = sweep.communicate(timeout=120)[0]
     finally:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from distillscope.cli import main
 from distillscope.errors import DistillscopeError
 from distillscope.sweep import plan_sweep, run_sweep
 from distillscope.sweep.status import format_status, sweep_status
+from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -36,13 +36,6 @@ def recipe(folder: Path, stem: str, **sections) -> Path:
     path = folder / f"{stem}.yaml"
     path.write_text(yaml.safe_dump({**TINY, "name": f"tiny-{stem}", **sections}))
     return path
-
-
-def wait_for(condition, what: str, seconds: float = 240):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------ options
@@ -283,7 +276,7 @@ def test_submitit_local_job_killed_with_sigkill_resumes_on_rerun_and_the_student
                             "--workers", "2")
     sweep = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: (out / "t-s0" / "last.safetensors").is_file(), "the teacher's first checkpoint")
+        wait_for(lambda: (out / "t-s0" / "last.safetensors").is_file(), "the teacher's first checkpoint", 240)
         run = pids(f"train {teacher} ")
         assert len(run) == 1
         os.kill(run[0], signal.SIGKILL)
@@ -314,7 +307,7 @@ def test_submitit_local_job_told_to_stop_checkpoints_requeues_itself_and_resumes
     sweep = subprocess.Popen(sweep_command([recipe(tmp_path, "t")], out, "--executor", "submitit-local"), env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: (out / "t-s0" / "last.safetensors").is_file(), "the first checkpoint")
+        wait_for(lambda: (out / "t-s0" / "last.safetensors").is_file(), "the first checkpoint", 240)
         controller = int(json.loads((out / "t-s0" / "job.json").read_text())["job_id"])
         (job,) = children(controller)  # the job's task: submitit's wrapper around the training command
         os.kill(job, signal.SIGUSR2)  # what submitit's controller (or SLURM) sends before the time limit

@@ -156,7 +156,8 @@ def test_a_resumed_run_logs_each_epoch_once(tracker, tmp_path, tiny_overrides, i
         logged = [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "test/top1")]
     else:
         assert len(list(run.glob("wandb/offline-run-*"))) == 2  # both sittings, one W&B run id
-        assert len({p.name.rsplit("-", 1)[1] for p in run.glob("wandb/offline-run-*")}) == 1
+        # offline-run-DATE_TIME-ID, with "-1" appended when both sittings start within the same second
+        assert len({p.name.split("-")[3] for p in run.glob("wandb/offline-run-*")}) == 1
         logged = [(h["_step"], h["test/top1"]) for h in _wandb_history(run, sittings=2)]
     assert sorted(logged) == expected
 

@@ -246,6 +246,18 @@ def validate(config: Config) -> Config:
     return config
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict with dotted keys: ``{"data": {"spec": "shapes"}}`` -> ``{"data.spec": "shapes"}``."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def merge(base: dict, over: dict) -> dict:
     """``over`` deep-merged onto ``base``: mappings merge key by key; lists and scalars replace."""
     out = dict(base)

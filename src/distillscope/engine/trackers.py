@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 
+from ..config import flatten
 from ..errors import DistillscopeError
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # besides "csv": metrics.csv/jsonl, always written
@@ -38,18 +39,9 @@ def require(names: list[str]) -> None:
                                         f"install it with pip install 'distillscope[{name}]'") from None
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
-    """``{"data": {"spec": "shapes"}}`` -> ``{"data.spec": "shapes"}``; lists and None as JSON text."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        elif isinstance(value, (str, int, float, bool)):
-            flat[name] = value
-        else:
-            flat[name] = json.dumps(value)
-    return flat
+def hyperparameters(config: dict) -> dict[str, str | int | float | bool]:
+    """The config as flat hyperparameters: dotted keys, lists and None as JSON text."""
+    return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in flatten(config).items()}
 
 
 def scalars(row: dict | None, prefix: str = "") -> dict[str, float]:
@@ -70,7 +62,7 @@ class TensorBoardTracker:
     def __init__(self, out: Path, config: dict, ids: dict):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer, self.config = SummaryWriter(str(out / "tensorboard")), flatten(config)
+        self.writer, self.config = SummaryWriter(str(out / "tensorboard")), hyperparameters(config)
 
     def log(self, row: dict, step: int) -> None:
         for key, value in scalars(row).items():
@@ -107,7 +99,7 @@ class MLflowTracker:
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         self.run_id = ids["mlflow"] = self.client.create_run(experiment_id, run_name=out.name).info.run_id
-        params = [mlflow.entities.Param(k, str(v)) for k, v in flatten(config).items()]
+        params = [mlflow.entities.Param(k, str(v)) for k, v in hyperparameters(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
@@ -133,7 +125,7 @@ class WandbTracker:
 
         resumed = "wandb" in ids
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "distillscope"), name=out.name, dir=str(out), id=ids.get("wandb"),
-                              resume="allow", config=None if resumed else flatten(config))
+                              resume="allow", config=None if resumed else hyperparameters(config))
         ids["wandb"] = self.run.id
 
     def log(self, row: dict, step: int) -> None:

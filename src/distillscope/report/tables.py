@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import RUN_ONLY_KEYS
+from ..config import RUN_ONLY_KEYS, flatten
 from ..errors import DistillscopeError
 from .stats import Difference, paired, welch
 
@@ -101,18 +101,6 @@ def mean_std(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.2f}" if values else "n/a"
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """Nested dicts as one dict with dotted keys (lists stay values)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def differing_keys(configs: list[dict]) -> list[str]:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import RUN_ONLY_KEYS, Config, from_dict, load_config
+from ..config import RUN_ONLY_KEYS, Config, flatten, from_dict, load_config
 from ..errors import DistillscopeError
 from ..methods.registry import METHODS
-from ..report.tables import differing_keys, flatten
+from ..report.tables import differing_keys
 
 TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
