@@ -26,7 +26,7 @@ CLAIMS = [
     ("Confusion Distillation beats CS-KD (paper 000, Table 2)", "c10k-resnet8-cd", "c10k-resnet8-cskd",
      "as above; CS-KD T = 4, λ = 1 as its paper", "self"),
     ("SFKD's top-K logit mask improves KD (paper 003, Table 1)", "c10k-resnet8-sfkd-kd", "c10k-resnet8-kd",
-     "CIFAR-100, K and fill as the paper (zero fill, Eq. 5) vs cifar10-5k; fill {0, −inf} × K {0.5…0.9} chosen on validation "
+     "CIFAR-100, K and fill as the paper (zero fill, Eq. 5) vs cifar10-5k; fill {0, −inf} × K {0.5, 0.7, 0.9} chosen on validation "
      "over seeds 0, 1 (fill 0 raises the teacher's entropy, against Prop. 1: bench/records/sfkd_entropy.md)", "sfkd"),
     ("SFKD's top-K logit mask improves DKD (paper 003, Table 1)", "c10k-resnet8-sfkd-dkd", "c10k-resnet8-dkd",
      "as above, on DKD (α 1, β 8, T 4)", "sfkd"),

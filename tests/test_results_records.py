@@ -14,6 +14,8 @@ _spec.loader.exec_module(results_tables)
 def test_marked_docs_tables_match_their_records():
     lines = results_tables.DOCS.read_text().splitlines(keepends=True)
     assert results_tables.marked(lines), "docs/results.md has no marked table: nothing would be checked"
+    loose = results_tables.unmarked(lines)
+    assert not loose, f"tables with no records in docs/results.md (line, heading): {loose}; mark them or move them to results-unrecorded.md"
     _, diffs, failed = results_tables.regenerate(results_tables.DOCS)
     assert not failed and not diffs, "\n".join(failed + diffs) + "\n(if the records are right: python bench/results_tables.py --write)"
 
