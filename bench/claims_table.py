@@ -4,13 +4,16 @@
 
 Sources (all below bench/records): sfkd_entropy.md (`bench/sfkd_entropy.py`), c10k-v-interaction (the Interaction
 Tensor part of `bench/cifar10_5k_verdicts.sh`), c10k-fss (`bench/cifar10_5k_fss_settings.sh`) and shapes-rs
-(`bench/shapes_rs_labels.sh`). A claim whose records are missing is printed as pending with its command.
+(`bench/shapes_rs_labels.sh`); FSS rows are read as bench/fss_trend_table.py reads them. A claim whose records
+are missing is printed as pending with its command.
 """
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+
+from fss_trend_table import clean_fss, trend  # bench/, this script's folder
 
 RECORDS = Path(__file__).resolve().parents[1] / "bench" / "records"
 HEADER = "| claim | paper's setting vs ours | measured | verdict | command |\n|---|---|---|---|---|"
@@ -80,12 +83,10 @@ def interaction_rows() -> list[str]:
 def fss_row() -> str:
     trends = []
     for folder in sorted((RECORDS / "c10k-fss").iterdir()):
-        settings = json.loads((folder / "settings.json").read_text())
-        fss = [r for r in csv.DictReader((folder / "scores.csv").open())
-               if r["statistic"] == "fss" and r["condition"] == "clean" and r["reference"] == "teacher"]
+        settings, scores = clean_fss(folder)
+        fss = [r for r in scores if r["reference"] == "teacher"]
         first, last = float(fss[0]["mean"]), float(fss[-1]["mean"])
-        trend = "rises" if last > first + 0.01 else "falls" if last < first - 0.01 else "flat"
-        trends.append((settings["estimator"], settings["batch_size"], first, last, trend))
+        trends.append((settings["estimator"], settings["batch_size"], first, last, trend(first, last)))
     unbiased = [t for t in trends if t[0] == "unbiased"]
     ordered = sorted(trends, key=lambda t: (t[0] != "unbiased", t[1]))
     measured = "; ".join(f"{e}, batch {b}: {f:.3f} → {la:.3f} ({t})" for e, b, f, la, t in ordered)

@@ -12,16 +12,26 @@ import sys
 from pathlib import Path
 
 
-def rows(folder: Path) -> list[str]:
+def clean_fss(folder: Path) -> tuple[dict, list[dict]]:
+    """One `explain` record's settings and its FSS rows on clean images (every reference, layers in order)."""
     settings = json.loads((folder / "settings.json").read_text())
     scores = [r for r in csv.DictReader((folder / "scores.csv").open()) if r["statistic"] == "fss" and r["condition"] == "clean"]
+    return settings, scores
+
+
+def trend(first: float, last: float) -> str:
+    """rises / falls / flat, from the first to the last layer's mean FSS (0.01 apart or less is flat)."""
+    return "rises" if last > first + 0.01 else "falls" if last < first - 0.01 else "flat"
+
+
+def rows(folder: Path) -> list[str]:
+    settings, scores = clean_fss(folder)
     lines = []
     for reference in dict.fromkeys(r["reference"] for r in scores):
         ours = [r for r in scores if r["reference"] == reference]
-        means = [float(r["mean"]) for r in ours]
-        trend = "rises" if means[-1] > means[0] + 0.01 else "falls" if means[-1] < means[0] - 0.01 else "flat"
         cells = " | ".join(f"{float(r['mean']):.3f} ({float(r['pooled']):.3f})" for r in ours)
-        lines.append(f"| {settings['batch_size']} | {settings['estimator']} | {reference} | {cells} | {trend} |")
+        lines.append(f"| {settings['batch_size']} | {settings['estimator']} | {reference} | {cells} | "
+                     f"{trend(float(ours[0]['mean']), float(ours[-1]['mean']))} |")
     return lines
 
 
